@@ -1,0 +1,120 @@
+"""The broker interface: what a stream needs from an event bus.
+
+A broker assigns ids, keeps a bounded history per channel and hands each
+published event, encoded once, to the local subscribers of its channel.
+
+Ids have the form ``{epoch}-{seq}``: ``epoch`` names one life of the history
+(a process for the memory broker, a Redis dataset for the Redis broker) and
+``seq`` is a counter shared by all channels of that history, so one id is a
+position on every channel at once and events of different channels can be
+merged in id order. An id whose epoch is not the current one cannot be
+resumed without a possible gap, and is answered with ``stream-reset``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+from ..event import Event
+
+__all__ = [
+    "Broker",
+    "BrokerUnavailable",
+    "Message",
+    "ResumeError",
+    "Subscriber",
+    "format_id",
+    "parse_id",
+]
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker could not be reached (after a short, bounded retry).
+
+    Raised by :meth:`SSE.publish` instead of dropping the event silently.
+    """
+
+
+class Message(NamedTuple):
+    """A published event as the broker hands it to subscribers."""
+
+    #: position in the epoch's shared sequence; orders events across channels
+    seq: int
+    #: the public id, ``{epoch}-{seq}``
+    id: str
+    channel: str
+    #: the event encoded once, with its ``id:`` line; shared by all subscribers
+    payload: bytes
+
+
+class ResumeError(NamedTuple):
+    """Why a ``Last-Event-ID`` cannot be resumed without a gap."""
+
+    #: ``"unknown-epoch"``, ``"evicted"``, ``"unknown-id"`` or ``"ahead"``
+    reason: str
+
+
+class Subscriber(Protocol):
+    """What a broker needs of a connection (see :class:`~.stream.Connection`)."""
+
+    @property
+    def channels(self) -> Sequence[str]:
+        """The channels the subscriber listens to."""
+
+    def deliver(self, message: Message) -> None:
+        """Take one event; must not block or switch greenlets."""
+
+    def reset(self, reason: str, position: str, seq: int) -> None:
+        """Start the stream at ``position`` with a ``stream-reset`` event."""
+
+
+def format_id(epoch: str, seq: int) -> str:
+    return f"{epoch}-{seq}"
+
+
+def parse_id(event_id: str) -> tuple[str, int] | None:
+    """Split ``{epoch}-{seq}``; ``None`` if the id is not of that form."""
+    epoch, sep, seq = event_id.rpartition("-")
+    if not sep or not epoch or not seq.isdigit() or not seq.isascii():
+        return None
+    return epoch, int(seq)
+
+
+class Broker(abc.ABC):
+    """An event bus with history. One instance per app per process."""
+
+    #: the URL scheme(s) this broker serves, e.g. ``("memory",)``
+    schemes: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def publish(self, channel: str, event: Event) -> Message:
+        """Assign an id to ``event`` (which has none), keep it in the
+        channel's history and deliver it to the channel's subscribers.
+
+        :raises BrokerUnavailable: if the event could not be stored.
+        """
+
+    @abc.abstractmethod
+    def attach(self, subscriber: Subscriber, last_event_id: str | None) -> None:
+        """Subscribe ``subscriber`` to its channels.
+
+        With ``last_event_id``, first deliver every retained event after it on
+        those channels (in id order), then live events, with no gap, duplicate
+        or reordering at the seam; if that cannot be done without a gap, call
+        ``subscriber.reset(...)`` first and go live from the current position.
+        May complete later (a remote broker that is down): it must not block
+        the caller for long.
+        """
+
+    @abc.abstractmethod
+    def detach(self, subscriber: Subscriber) -> None:
+        """Stop delivering to ``subscriber``. Idempotent."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and greenlets; the broker is not used again."""
+
+    def subscriber_counts(self) -> dict[str, int]:
+        """Local subscribers per channel (for :meth:`SSE.stats`)."""
+        return {}

@@ -1,0 +1,137 @@
+"""The in-memory broker: one process, one bus.
+
+Publishing, subscribing and replaying happen under one lock and never switch
+greenlets, so "subscribe, then replay" is atomic: the seam between history and
+live events cannot have a gap or a duplicate. The epoch is a random token made
+when the broker starts, so an id from before a restart (or from another
+worker, which has its own bus) is recognised and answered with
+``stream-reset``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+import threading
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from ..event import Event
+from .base import Broker, Message, ResumeError, Subscriber, format_id, parse_id
+
+__all__ = ["MemoryBroker"]
+
+
+class _Channel:
+    __slots__ = ("evicted_upto", "history", "subscribers")
+
+    def __init__(self, history_size: int) -> None:
+        self.history: deque[Message] = deque(maxlen=history_size)
+        #: seq of the newest event that fell out of the history
+        self.evicted_upto = 0
+        # Replaced, never mutated, so that a fan-out iterates a stable
+        # snapshot while a delivery detaches a subscriber.
+        self.subscribers: tuple[Subscriber, ...] = ()
+
+
+class MemoryBroker(Broker):
+    """Keeps ``history_size`` events per channel in this process."""
+
+    schemes = ("memory",)
+
+    def __init__(self, history_size: int = 1000) -> None:
+        if history_size < 1:
+            raise ValueError("SSE_HISTORY_SIZE must be at least 1")
+        self.epoch = secrets.token_hex(4)
+        self._history_size = history_size
+        self._seq = 0
+        self._channels: dict[str, _Channel] = {}
+        # Only contended in threaded development mode; under gevent nothing
+        # inside it switches, so it is never waited on.
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_config(cls, url: str, config: Mapping[str, Any]) -> MemoryBroker:
+        return cls(history_size=config["SSE_HISTORY_SIZE"])
+
+    def _channel(self, name: str) -> _Channel:
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = _Channel(self._history_size)
+        return channel
+
+    def publish(self, channel: str, event: Event) -> Message:
+        with self._lock:
+            self._seq += 1
+            event_id = format_id(self.epoch, self._seq)
+            payload = Event(
+                data=event.data, event=event.event, id=event_id, retry=event.retry
+            ).encode()
+            message = Message(self._seq, event_id, channel, payload)
+            state = self._channel(channel)
+            if len(state.history) == self._history_size:
+                state.evicted_upto = state.history[0].seq
+            state.history.append(message)
+            for subscriber in state.subscribers:
+                subscriber.deliver(message)
+        return message
+
+    def attach(self, subscriber: Subscriber, last_event_id: str | None) -> None:
+        with self._lock:
+            for name in subscriber.channels:
+                state = self._channel(name)
+                state.subscribers = (*state.subscribers, subscriber)
+            if last_event_id is None:
+                return
+            after = self._resume_point(subscriber, last_event_id)
+            if isinstance(after, ResumeError):
+                subscriber.reset(after.reason, format_id(self.epoch, self._seq), self._seq)
+                return
+            for message in self._replay(subscriber.channels, after):
+                subscriber.deliver(message)
+
+    def _resume_point(self, subscriber: Subscriber, last_event_id: str) -> int | ResumeError:
+        parsed = parse_id(last_event_id)
+        if parsed is None:
+            return ResumeError("unknown-id")
+        epoch, seq = parsed
+        if epoch != self.epoch:
+            return ResumeError("unknown-epoch")
+        if seq > self._seq:
+            return ResumeError("ahead")
+        for name in subscriber.channels:
+            if seq < self._channels[name].evicted_upto:
+                return ResumeError("evicted")
+        return seq
+
+    def _replay(self, channels: Sequence[str], after: int) -> Iterator[Message]:
+        per_channel = []
+        for name in channels:
+            history = self._channels[name].history
+            newer: list[Message] = []
+            for message in reversed(history):
+                if message.seq <= after:
+                    break
+                newer.append(message)
+            newer.reverse()
+            per_channel.append(newer)
+        return heapq.merge(*per_channel)
+
+    def detach(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            for name in subscriber.channels:
+                state = self._channels.get(name)
+                if state is None or subscriber not in state.subscribers:
+                    continue
+                state.subscribers = tuple(s for s in state.subscribers if s is not subscriber)
+                if not state.subscribers and not state.history:
+                    del self._channels[name]
+
+    def subscriber_counts(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                name: len(state.subscribers)
+                for name, state in self._channels.items()
+                if state.subscribers
+            }

@@ -1,0 +1,159 @@
+"""``@sse_stream``: a generator view becomes an SSE stream with heartbeats."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flask import Response, current_app
+from flask.globals import request_ctx
+
+from . import runtime
+from .event import to_event
+from .stream import Connection
+from .views import client_key_for, current_registry, open_stream, refusal, server_problem
+
+__all__ = ["sse_stream"]
+
+log = logging.getLogger("flask_sse_keepalive")
+
+_NOTHING = object()
+
+
+def sse_stream(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a view that yields events into a ``text/event-stream`` response.
+
+    The view may yield :class:`~flask_sse_keepalive.Event` objects, ``str``
+    (sent as the data) or JSON-encodable values. ::
+
+        @app.route("/countdown")
+        @sse_stream
+        def countdown():
+            for n in (3, 2, 1):
+                yield Event(data=str(n), event="count")
+                gevent.sleep(1)
+
+    * The code before the first ``yield`` runs before any byte is sent, so
+      ``abort(403)`` there is an ordinary error response.
+    * After that the generator runs in its own greenlet with the request
+      context (``request``, ``g``, ``session`` work), while heartbeats keep
+      the line alive; it is slowed down (not dropped) while the client reads
+      slowly, and dropped as ``slow`` after ``SSE_SEND_TIMEOUT`` without room.
+    * When the client goes away (or the worker stops) the generator is closed:
+      its ``finally`` runs. An exception in it ends the stream cleanly and is
+      logged; the client sees the stream end, not a traceback.
+    * A view that returns something else (a :class:`~flask.Response`, a
+      string) is passed through unchanged.
+    """
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        registry = current_registry()
+        problem = server_problem(registry)
+        if problem is not None:
+            return problem
+        client_key = client_key_for(current_app.extensions["sse"])
+        refused = refusal(registry, client_key)
+        if refused is not None:
+            return refused
+        result = view(*args, **kwargs)
+        if isinstance(result, (Response, str, bytes, dict, tuple)) or not hasattr(
+            result, "__next__"
+        ):
+            return result
+        try:
+            first = next(result)
+        except StopIteration:
+            first = _NOTHING
+        producer = _GeneratorProducer(result, registry.settings.queue_size)
+
+        def body(connection: Connection, first_bytes: bytes) -> Iterator[bytes]:
+            if first is not _NOTHING:
+                connection.send_event(to_event(first))
+            else:
+                producer.finished = True
+            return connection.body(first_bytes, producer)
+
+        return open_stream(registry, [], None, client_key, body=body)
+
+    return wrapper
+
+
+class _GeneratorProducer:
+    """Runs the view's generator beside the connection, in the request context."""
+
+    def __init__(self, generator: Iterator[Any], queue_size: int) -> None:
+        self.generator = generator
+        self.finished = False
+        self._context = request_ctx.copy()
+        # Keep a backlog of at most half the queue so heartbeats and the
+        # final bytes always fit.
+        self._high_water = max(1, queue_size // 2)
+        self._runner: Any = None
+
+    def start(self, connection: Connection) -> None:
+        if runtime.gevent_patched():
+            import gevent
+
+            self._runner = gevent.spawn(self._run, connection)
+        else:
+            self._runner = threading.Thread(
+                target=self._run, args=(connection,), name=f"sse-stream-{connection.id}"
+            )
+            self._runner.daemon = True
+            self._runner.start()
+
+    def stop(self) -> None:
+        runner = self._runner
+        if runner is None:
+            self.generator_close()
+            return
+        if hasattr(runner, "kill"):
+            # GreenletExit is raised where the generator waits: its finally runs.
+            runner.kill(block=True, timeout=1)
+        # A thread cannot be interrupted; it closes the generator after its
+        # next item, when it finds the connection closed.
+
+    def generator_close(self) -> None:
+        close = getattr(self.generator, "close", None)
+        if close is not None:
+            close()
+
+    def _run(self, connection: Connection) -> None:
+        reason = "server"
+        try:
+            with self._context:
+                if self.finished:
+                    return
+                send_timeout = connection._registry.settings.send_timeout
+                for item in self.generator:
+                    if not connection.send_event(to_event(item)):
+                        return
+                    if connection.backlog >= self._high_water and not self._wait_for_room(
+                        connection, send_timeout
+                    ):
+                        reason = "slow"
+                        return
+        except Exception:
+            log.exception("the @sse_stream generator of %s failed", connection)
+            reason = "error"
+        finally:
+            try:
+                self.generator_close()
+            except Exception:
+                log.exception("closing the @sse_stream generator of %s failed", connection)
+            connection.close(reason)
+
+    def _wait_for_room(self, connection: Connection, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while connection.backlog >= self._high_water:
+            if connection._close_reason is not None:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True

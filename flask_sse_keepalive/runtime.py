@@ -1,0 +1,132 @@
+"""What the server offers: gevent or not, the client socket, worker shutdown.
+
+Streams are long: a server that gives each request an OS thread from a small
+pool (gunicorn ``sync`` or ``gthread``) is blocked by a few of them. This
+module tells which kind of server the app runs in, finds the client socket
+where the server exposes it, and notices when a gunicorn worker starts to
+shut down, so that streams end at once instead of holding the worker until
+``graceful_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import weakref
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+log = logging.getLogger("flask_sse_keepalive")
+
+FIX = (
+    "run the app under gevent, e.g. `gunicorn -k gevent app:app` "
+    "(gunicorn's sync and gthread workers hold one OS thread per open stream)"
+)
+
+#: How often the shutdown watcher looks at the gunicorn worker, in seconds.
+SHUTDOWN_POLL = 0.2
+
+_registries: weakref.WeakSet[Registry] = weakref.WeakSet()
+_watcher: Any = None
+
+
+def gevent_patched() -> bool:
+    """Whether gevent has patched the standard library's sockets."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey is not None and monkey.is_module_patched("socket"))
+
+
+def is_dev_server(environ: dict[str, Any]) -> bool:
+    """Werkzeug's development server (``flask run``)."""
+    return str(environ.get("SERVER_SOFTWARE", "")).lower().startswith("werkzeug")
+
+
+def client_socket(environ: dict[str, Any]) -> Any:
+    """The gevent client socket of an HTTP/1.x request, or ``None``.
+
+    gunicorn puts it in ``environ["gunicorn.socket"]``; gevent's ``WSGIServer``
+    keeps it on its ``wsgi.input``. TLS sockets are left alone (a raw write
+    would bypass the encryption), and so is HTTP/2, whose streams share a socket.
+    """
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        stream = environ.get("wsgi.input")
+        if type(stream).__module__ == "gevent.pywsgi":
+            sock = getattr(stream, "socket", None)
+    if sock is None or not gevent_patched():
+        return None
+    if hasattr(sock, "_sslobj") or not hasattr(sock, "_sock"):
+        return None
+    if not str(environ.get("SERVER_PROTOCOL", "")).startswith("HTTP/1"):
+        return None
+    if any(key.startswith("gunicorn.http2") for key in environ):
+        return None
+    return sock
+
+
+def gunicorn_worker() -> Any:
+    """The gunicorn worker object of this process, if there is one.
+
+    gunicorn installs its worker's bound methods as signal handlers before it
+    loads the app, so the SIGTERM handler leads to the worker.
+    """
+    handler = signal.getsignal(signal.SIGTERM)
+    worker = getattr(handler, "__self__", None)
+    if worker is None or not all(hasattr(worker, name) for name in ("alive", "cfg", "nr")):
+        return None
+    if type(worker).__module__.split(".")[0] != "gunicorn":
+        return None
+    return worker
+
+
+def check_server(app_name: str, broker_url: str) -> None:
+    """Log, once at start-up, what will not work in this process."""
+    worker = gunicorn_worker()
+    if worker is None:
+        if not gevent_patched() and "gunicorn" in sys.modules:
+            log.warning("%s: SSE streams cannot be served here: %s", app_name, FIX)
+        return
+    if not gevent_patched():
+        log.warning("%s: SSE streams cannot be served by this gunicorn worker: %s", app_name, FIX)
+    workers = getattr(worker.cfg, "workers", 1) or 1
+    if workers > 1 and broker_url.startswith("memory:"):
+        log.warning(
+            "%s: the memory broker serves one process but gunicorn runs %d workers: each has "
+            "its own bus and history. Set SSE_BROKER_URL=redis://... to share one.",
+            app_name,
+            workers,
+        )
+
+
+def watch_shutdown(registry: Registry) -> None:
+    """End ``registry``'s streams when this gunicorn worker starts to shut down.
+
+    Covers SIGTERM (stop, ``HUP`` reload), ``--max-requests`` recycling and the
+    reloader: all of them clear ``worker.alive``. One greenlet per process
+    polls it. Outside gunicorn this does nothing; call :meth:`SSE.shutdown`.
+    """
+    global _watcher
+    _registries.add(registry)
+    if _watcher is not None or not gevent_patched():
+        return
+    worker = gunicorn_worker()
+    if worker is None:
+        return
+    import gevent
+
+    _watcher = gevent.spawn(_poll_worker, worker)
+
+
+def _poll_worker(worker: Any) -> None:
+    import gevent
+
+    while worker.alive:
+        gevent.sleep(SHUTDOWN_POLL)
+    log.info(
+        "worker %s is shutting down: ending %d stream registries", worker.pid, len(_registries)
+    )
+    for registry in list(_registries):
+        registry.shutdown()

@@ -1,0 +1,413 @@
+"""One client connection: its bounded queue, heartbeats, writes and cleanup.
+
+A :class:`Connection` is the broker's subscriber and the body of the HTTP
+response. Events reach it through :meth:`Connection.deliver`, called from the
+publisher's fan-out, which must never block; how the bytes then reach the
+socket depends on what the server offers:
+
+* **direct** (gunicorn ``-k gevent``, gevent's ``WSGIServer``): the server
+  exposes the client socket. After the server has sent the headers and the
+  first chunk, the connection writes chunked frames itself: the fan-out tries
+  a non-blocking ``send``; only when the socket is full does it queue the
+  payload for the handler greenlet, which drains the queue in one write. One
+  small greenlet per connection writes heartbeats when the line is idle and
+  watches the socket, so a client that closes is released at once, not at the
+  next heartbeat.
+* **iterator** (no socket exposed, or ``SSE_DIRECT_WRITE = False``): payloads
+  are queued and the WSGI iterator yields them, coalesced; the iterator writes
+  the heartbeat itself when it has waited an interval in silence.
+* **threaded** (the development server): like iterator, with thread-safe
+  waiting.
+
+Whatever ends the stream, exactly one ``finally`` (in :meth:`Connection.body`)
+releases what it took: the broker subscription, the heartbeat greenlet, the
+registry slot, and sends ``client_disconnected`` with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .event import Event
+
+if TYPE_CHECKING:
+    from .brokers.base import Message
+    from .registry import Registry
+
+__all__ = ["Connection"]
+
+log = logging.getLogger("flask_sse_keepalive")
+
+HEARTBEAT = b": heartbeat\n\n"
+#: reasons after which the socket is in an unknown state and is cut at once
+_ABORT_REASONS = frozenset({"client", "slow", "error"})
+_ids = itertools.count(1)
+
+
+def _frame(payload: bytes) -> bytes:
+    """One HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+class Connection:
+    """One open stream. Created per request by the stream view or ``@sse_stream``.
+
+    Public, read-only attributes (what signal receivers see): ``id`` (unique in
+    the process), ``channels``, ``remote_addr``, ``client_key`` (what the
+    per-client limit counts by), ``last_event_id`` (what the client resumed
+    from, or ``None``) and ``connected_at`` (``time.time()``).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_busy",
+        "_chunked",
+        "_close_reason",
+        "_deadline",
+        "_last_seq",
+        "_last_write",
+        "_live",
+        "_partial",
+        "_pending",
+        "_raw",
+        "_registry",
+        "_sock",
+        "_wake",
+        "_watcher",
+        "channels",
+        "client_key",
+        "connected_at",
+        "id",
+        "last_event_id",
+        "remote_addr",
+    )
+
+    def __init__(
+        self,
+        registry: Registry,
+        channels: Sequence[str],
+        *,
+        last_event_id: str | None = None,
+        remote_addr: str | None = None,
+        client_key: str | None = None,
+        sock: Any = None,
+        chunked: bool = True,
+    ) -> None:
+        self.id = next(_ids)
+        self.channels = tuple(channels)
+        self.remote_addr = remote_addr
+        self.last_event_id = last_event_id
+        self.connected_at = time.time()
+        self.client_key = client_key
+        self._registry = registry
+        # The gevent socket (for blocking writes) and the OS-level socket under
+        # it (for non-blocking ones that never switch greenlets).
+        self._sock = sock
+        self._raw: Any = getattr(sock, "_sock", None) if sock is not None else None
+        self._chunked = chunked
+        self._pending: list[bytes] = []
+        self._partial = b""
+        self._busy = False
+        self._live = False
+        self._wake = threading.Event()
+        self._watcher: Any = None
+        self._last_seq = -1
+        self._last_write = time.monotonic()
+        self._deadline: float | None = None
+        self._close_reason: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {','.join(self.channels)} from {self.remote_addr}>"
+
+    # -- what the broker and the registry call --------------------------------
+
+    def deliver(self, message: Message) -> None:
+        """Queue or send one event. Never blocks; drops repeats at a resume seam."""
+        if message.seq <= self._last_seq:
+            return
+        self._last_seq = message.seq
+        self._registry.stats.delivered += 1
+        self._send(message.payload)
+
+    def reset(self, reason: str, position: str, seq: int) -> None:
+        """Begin with ``stream-reset``: the client's id cannot be resumed gap-free."""
+        self._last_seq = seq
+        self._registry.stats.resets += 1
+        data = {"reason": reason, "last_event_id": self.last_event_id}
+        self._send(Event(data=data, event="stream-reset", id=position).encode())
+
+    def send_event(self, event: Event) -> bool:
+        """Send an event made by an ``@sse_stream`` view (no broker, no id order).
+
+        :return: ``False`` once the connection is closing.
+        """
+        if self._close_reason is not None:
+            return False
+        self._send(event.encode())
+        return True
+
+    @property
+    def backlog(self) -> int:
+        """Payloads waiting to be written."""
+        return len(self._pending) + (1 if self._partial else 0)
+
+    def close(self, reason: str) -> None:
+        """End the stream. Idempotent; the first reason wins; never blocks."""
+        if self._close_reason is not None:
+            return
+        self._close_reason = reason
+        if reason in _ABORT_REASONS and self._live and self._raw is not None:
+            # A half-written chunk cannot be finished: cut the connection so
+            # that a blocked write returns and the server does not reuse it.
+            self._shutdown_socket()
+        self._wake.set()
+
+    # -- the write path -------------------------------------------------------
+
+    def _send(self, payload: bytes) -> None:
+        if self._close_reason is not None:
+            return
+        if (
+            self._live
+            and self._raw is not None
+            and not self._busy
+            and not self._pending
+            and not self._partial
+        ):
+            data = _frame(payload) if self._chunked else payload
+            try:
+                sent = self._raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.close("client")
+                return
+            self._last_write = time.monotonic()
+            if sent == len(data):
+                return
+            self._partial = data[sent:]
+            self._wake.set()
+            return
+        if self._live and len(self._pending) >= self._registry.settings.queue_size:
+            self._registry.stats.slow += 1
+            log.warning("dropping slow client %s: %d events queued", self, len(self._pending))
+            self.close("slow")
+            return
+        self._pending.append(payload)
+        self._wake.set()
+
+    def _take(self) -> bytes:
+        # Copy, then delete what was copied: each step is atomic, so an append
+        # from another thread (development mode) in between is kept.
+        pending = self._pending
+        if not pending:
+            return b""
+        taken = pending[:]
+        del pending[: len(taken)]
+        return b"".join(taken)
+
+    def _shutdown_socket(self) -> None:
+        with contextlib.suppress(OSError):
+            self._raw.shutdown(socket.SHUT_RDWR)
+
+    # -- the WSGI iterator ----------------------------------------------------
+
+    def body(self, first: bytes, producer: Producer | None = None) -> Iterator[bytes]:
+        """The response body. ``first`` is written at once (``retry`` and a comment).
+
+        :param producer: what feeds an ``@sse_stream`` connection (started
+            once the stream is live, stopped in the same ``finally``).
+        """
+        registry = self._registry
+        reason = "client"
+        try:
+            registry.open(self)
+            max_seconds = registry.settings.max_stream_seconds
+            if max_seconds:
+                self._deadline = time.monotonic() + max_seconds * random.uniform(0.9, 1.1)
+            if self.channels:
+                registry.broker.attach(self, self.last_event_id)
+            if self._raw is not None:
+                self._set_nodelay()
+            yield first + self._take()
+            self._last_write = time.monotonic()
+            self._live = True
+            if producer is not None:
+                producer.start(self)
+            if self._raw is not None:
+                self._run_direct()
+            else:
+                yield from self._run_iterator()
+            reason = self._close_reason or "server"
+            if reason in ("shutdown", "lifetime"):
+                yield from self._goodbye(reason)
+        except GeneratorExit:
+            # The server closed the iterator: the client went away (or the
+            # server is stopping, in which case the reason is already set).
+            reason = self._close_reason or "client"
+            raise
+        except Exception:
+            log.exception("stream %s failed", self)
+            self.close("error")
+        except BaseException:
+            # GreenletExit or SystemExit: the server is killing its handlers.
+            reason = self._close_reason or "shutdown"
+            raise
+        finally:
+            self._close_reason = self._close_reason or reason
+            if self._watcher is not None:
+                self._watcher.kill(block=False)
+            if producer is not None:
+                producer.stop()
+            if self.channels:
+                registry.broker.detach(self)
+            registry.release(self, reason)
+
+    def _goodbye(self, reason: str) -> Iterator[bytes]:
+        # Spread reconnects so a restart does not become a stampede.
+        retry = int(self._registry.settings.retry_ms * random.uniform(0.5, 1.5))
+        farewell = f": {reason}\nretry: {retry}\n\n".encode()
+        if self._raw is None:
+            yield farewell
+            return
+        try:
+            self._sock.sendall(_frame(farewell) + b"0\r\n\r\n" if self._chunked else farewell)
+        except OSError:
+            return
+        # The response is complete; close the connection so that the client
+        # reconnects on a new one (to a live worker) instead of reusing it.
+        self._shutdown_socket()
+
+    def _run_iterator(self) -> Iterator[bytes]:
+        interval = self._registry.settings.heartbeat_interval
+        wake = self._wake
+        while self._close_reason is None:
+            now = time.monotonic()
+            due = self._last_write + interval
+            if self._deadline is not None and now >= self._deadline:
+                self.close("lifetime")
+                break
+            timeout = due - now
+            if self._deadline is not None:
+                timeout = min(timeout, self._deadline - now)
+            if not self._pending and timeout > 0:
+                wake.wait(timeout)
+            wake.clear()
+            if self._close_reason is not None:
+                break
+            if self._pending:
+                chunk = self._take()
+            elif time.monotonic() >= due:
+                chunk = HEARTBEAT
+                self._registry.stats.heartbeats += 1
+            else:
+                continue
+            self._last_write = time.monotonic()
+            yield chunk
+
+    def _set_nodelay(self) -> None:
+        # Events are small and latency matters more than packet count; the
+        # writes are already coalesced when a backlog forms.
+        with contextlib.suppress(OSError):  # not TCP: a unix socket behind a proxy
+            self._raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _run_direct(self) -> None:
+        import gevent
+
+        self._watcher = gevent.spawn(self._watch)
+        send_timeout = self._registry.settings.send_timeout
+        wake = self._wake
+        while self._close_reason is None:
+            wake.wait()
+            wake.clear()
+            while (self._partial or self._pending) and self._close_reason is None:
+                self._busy = True
+                data = self._partial
+                self._partial = b""
+                payload = self._take()
+                if payload:
+                    data += _frame(payload) if self._chunked else payload
+                try:
+                    with gevent.Timeout(send_timeout, _SendTimeout):
+                        self._sock.sendall(data)
+                except _SendTimeout:
+                    self._registry.stats.slow += 1
+                    log.warning("dropping slow client %s: no progress in %s s", self, send_timeout)
+                    self.close("slow")
+                except OSError:
+                    self.close("client")
+                finally:
+                    self._busy = False
+                self._last_write = time.monotonic()
+
+    def _watch(self) -> None:
+        """Heartbeats when idle, the lifetime limit, and EOF from the client."""
+        import gevent
+        from gevent.hub import get_hub
+
+        hub = get_hub()
+        interval = self._registry.settings.heartbeat_interval
+        reader = hub.loop.io(self._raw.fileno(), 1)
+        watch_eof = True
+        try:
+            while self._close_reason is None:
+                now = time.monotonic()
+                if self._deadline is not None and now >= self._deadline:
+                    self.close("lifetime")
+                    return
+                timeout = self._last_write + interval - now
+                if self._deadline is not None:
+                    timeout = min(timeout, self._deadline - now)
+                if timeout <= 0:
+                    if not self._busy and not self._pending:
+                        self._registry.stats.heartbeats += 1
+                        self._send(HEARTBEAT)
+                    else:
+                        self._last_write = now  # a write is under way
+                    continue
+                if not watch_eof:
+                    gevent.sleep(timeout)
+                    continue
+                with gevent.Timeout(timeout, False):
+                    hub.wait(reader)
+                    watch_eof = self._check_eof()
+        finally:
+            reader.close()
+
+    def _check_eof(self) -> bool:
+        """After the socket turned readable: close on EOF or reset.
+
+        :return: whether to keep watching for EOF. A client that sends bytes
+            (a pipelined request) is not watched any further, since the socket
+            would stay readable; the heartbeat's write finds it if it leaves.
+        """
+        try:
+            peeked = self._raw.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            self.close("client")
+            return False
+        if not peeked:
+            self.close("client")
+        return False
+
+
+class _SendTimeout(Exception):
+    pass
+
+
+class Producer(Protocol):
+    """Feeds a connection from application code (see ``@sse_stream``)."""
+
+    def start(self, connection: Connection) -> None: ...
+
+    def stop(self) -> None: ...

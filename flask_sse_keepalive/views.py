@@ -1,0 +1,195 @@
+"""The stream route: request -> validated channels and resume point -> response.
+
+Every refusal is a short plain-text response with the right status: ``400``
+for malformed input, ``403`` when :meth:`SSE.authorize` says no, ``503`` with
+``Retry-After`` when there is no room, and ``500`` naming the fix when the
+server cannot hold streams at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from flask import Blueprint, Response, current_app, request
+
+from . import runtime
+from .stream import Connection
+
+if TYPE_CHECKING:
+    from .extension import SSE
+    from .registry import Registry
+
+log = logging.getLogger("flask_sse_keepalive")
+
+#: Channel names: 1 to 128 of these characters.
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9_\-.:@]{1,128}")
+#: A Last-Event-ID longer than this is refused; up to 256 is the documented size.
+MAX_ID_LENGTH = 1024
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+
+
+def plain(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = Response(message + "\n", status=status, mimetype="text/plain")
+    response.headers.update(headers or {})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def current_registry() -> Registry:
+    from .extension import SSE
+
+    extension = current_app.extensions.get("sse")
+    if not isinstance(extension, SSE):
+        raise RuntimeError(
+            "flask_sse_keepalive is not set up on this app: did you forget SSE(app) or init_app?"
+        )
+    return extension._registry(current_app._get_current_object())  # type: ignore[attr-defined]
+
+
+def parse_channels(values: list[str], limit: int) -> list[str] | str:
+    """The requested channels in order without repeats, or why they are refused."""
+    channels = list(dict.fromkeys(values)) or ["default"]
+    if len(channels) > limit:
+        return f"too many channels: {len(channels)} (at most {limit})"
+    for name in channels:
+        if not CHANNEL_NAME.fullmatch(name):
+            return (
+                f"invalid channel name {name[:140]!r}: use 1-128 characters from "
+                "A-Z a-z 0-9 _ - . : @"
+            )
+    return channels
+
+
+def parse_last_event_id() -> str | Response | None:
+    """The resume point: the header wins over ``?last_event_id=``."""
+    value = request.headers.get("Last-Event-ID")
+    if value is None:
+        value = request.args.get("last_event_id")
+    if not value:
+        return None
+    if len(value) > MAX_ID_LENGTH:
+        return plain(400, f"Last-Event-ID too long: {len(value)} characters")
+    if not _PRINTABLE_ASCII.fullmatch(value):
+        return plain(400, "Last-Event-ID must be printable ASCII")
+    return value
+
+
+def stream_headers(registry: Registry) -> dict[str, str]:
+    headers = {
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no",
+    }
+    headers.update(cors_headers(registry))
+    return headers
+
+
+def cors_headers(registry: Registry) -> dict[str, str]:
+    """``Access-Control-Allow-*`` for EventSource (which sends no preflight)."""
+    origins = registry.settings.cors_origins
+    origin = request.headers.get("Origin")
+    if not origins or not origin:
+        return {}
+    credentials = registry.settings.cors_credentials
+    if origin in origins or ("*" in origins and credentials):
+        # With credentials the origin must be echoed, never "*".
+        headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    elif "*" in origins:
+        headers = {"Access-Control-Allow-Origin": "*"}
+    else:
+        return {}
+    if credentials:
+        headers["Access-Control-Allow-Credentials"] = "true"
+    return headers
+
+
+def first_bytes(registry: Registry) -> bytes:
+    settings = registry.settings
+    interval = f"{settings.heartbeat_interval:g}"
+    return f"retry: {settings.retry_ms}\n: sse-keepalive heartbeat-interval={interval}\n\n".encode()
+
+
+def server_problem(registry: Registry) -> Response | None:
+    """A response refusing the stream when this server cannot hold it."""
+    if runtime.gevent_patched():
+        return None
+    allowed = registry.settings.allow_threads
+    if allowed is None:
+        allowed = runtime.is_dev_server(request.environ) or current_app.testing
+    if allowed:
+        return None
+    return plain(500, f"This server cannot hold SSE streams: {runtime.FIX}.")
+
+
+def refusal(registry: Registry, client_key: str | None) -> Response | None:
+    reason = registry.refusal(client_key)
+    if reason is None:
+        return None
+    registry.stats.refused += 1
+    log.warning("refused a stream from %s: %s", request.remote_addr, reason)
+    retry_after = str(random.randint(1, 5))
+    return plain(503, f"Service unavailable: {reason}.", {"Retry-After": retry_after})
+
+
+def open_stream(
+    registry: Registry,
+    channels: list[str],
+    last_event_id: str | None,
+    client_key: str | None,
+    body: Callable[[Connection, bytes], Iterator[bytes]] | None = None,
+) -> Response:
+    """The streaming response for a new :class:`Connection`."""
+    environ = request.environ
+    sock = runtime.client_socket(environ) if registry.settings.direct_write else None
+    connection = Connection(
+        registry,
+        channels,
+        last_event_id=last_event_id,
+        remote_addr=request.remote_addr,
+        client_key=client_key,
+        sock=sock,
+        chunked=environ.get("SERVER_PROTOCOL") != "HTTP/1.0",
+    )
+    first = first_bytes(registry)
+    iterable = body(connection, first) if body else connection.body(first)
+    return Response(iterable, headers=stream_headers(registry), direct_passthrough=True)
+
+
+def client_key_for(extension: SSE) -> str | None:
+    if extension._client_key is not None:
+        key = extension._client_key()
+        return None if key is None else str(key)
+    return request.remote_addr
+
+
+def make_blueprint(extension: SSE) -> Blueprint:
+    blueprint = Blueprint("sse", __name__, static_folder="static", static_url_path="/static")
+
+    @blueprint.route("", methods=["GET"], strict_slashes=False)
+    def stream() -> Response:
+        registry = current_registry()
+        problem = server_problem(registry)
+        if problem is not None:
+            return problem
+        channels = parse_channels(request.args.getlist("channel"), registry.settings.max_channels)
+        if isinstance(channels, str):
+            return plain(400, channels)
+        last_event_id = parse_last_event_id()
+        if isinstance(last_event_id, Response):
+            return last_event_id
+        denied = extension._check_authorized(channels)
+        if denied is not None:
+            return denied
+        client_key = client_key_for(extension)
+        refused = refusal(registry, client_key)
+        if refused is not None:
+            return refused
+        if request.method == "HEAD":
+            return Response(headers=stream_headers(registry))
+        return open_stream(registry, channels, last_event_id, client_key)
+
+    return blueprint

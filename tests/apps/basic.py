@@ -1,0 +1,93 @@
+"""A test app: the stream blueprint, an ``@sse_stream`` view and control routes.
+
+Settings come from ``SSE_*`` environment variables so that a test can start
+it under gunicorn with its own configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from flask import Flask, abort, jsonify, request
+
+from flask_sse_keepalive import SSE, Event, signals, sse_stream
+
+app = Flask(__name__)
+for key, value in os.environ.items():
+    if key.startswith("SSE_"):
+        app.config[key] = value
+sse = SSE(app)
+
+#: what the signals saw, for tests to read through /control/log
+_log: list[dict] = []
+
+
+@signals.client_connected.connect_via(app)
+def _connected(sender, connection):
+    _log.append({"signal": "connected", "id": connection.id, "channels": list(connection.channels)})
+
+
+@signals.client_disconnected.connect_via(app)
+def _disconnected(sender, connection, reason):
+    _log.append({"signal": "disconnected", "id": connection.id, "reason": reason})
+
+
+@sse.authorize
+def _authorize(channel: str) -> bool:
+    if channel == "forbidden":
+        return False
+    if channel == "explode":
+        raise RuntimeError("authorize hook failure (expected by a test)")
+    return True
+
+
+@app.post("/control/publish")
+def publish():
+    body = request.get_json()
+    ids = []
+    for _ in range(int(body.get("count", 1))):
+        ids.append(
+            sse.publish(
+                body.get("data"), event=body.get("event"), channel=body.get("channel", "default")
+            )
+        )
+    return jsonify(ids=ids)
+
+
+@app.get("/control/stats")
+def stats():
+    return jsonify(sse.stats())
+
+
+@app.get("/control/log")
+def log():
+    return jsonify(_log)
+
+
+@app.get("/countdown")
+@sse_stream
+def countdown():
+    if request.args.get("deny"):
+        abort(403)
+    start = int(request.args.get("from", 3))
+    delay = float(request.args.get("delay", 0.05))
+    marker = request.args.get("marker", "")
+    try:
+        for n in range(start, 0, -1):
+            yield Event(data=str(n), event="count")
+            time.sleep(delay)
+        if request.args.get("fail"):
+            raise RuntimeError("generator failure (expected by a test)")
+        yield {"done": True, "path": request.path}
+    finally:
+        _log.append({"signal": "generator-closed", "marker": marker})
+
+
+@app.get("/plain")
+@sse_stream
+def plain_values():
+    yield "text"
+    yield {"json": [1, 2]}
+    yield json.dumps("pre-encoded")
