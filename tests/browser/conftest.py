@@ -1,0 +1,130 @@
+"""Fixtures for tests that run the browser client in real Chromium.
+
+Chromium is the Debian one at ``/usr/bin/chromium`` (never downloaded). Without
+it or without Playwright these tests are skipped with the reason, unless
+``SSE_REQUIRE_BROWSER=1`` (as in CI), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import FAKE_ORIGIN
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ROOT = Path(__file__).resolve().parents[2]
+CLIENT_JS = ROOT / "flask_sse_keepalive" / "static" / "sse-keepalive.js"
+CLIENT_MJS = ROOT / "flask_sse_keepalive" / "static" / "sse-keepalive.mjs"
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("SSE_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} and SSE_REQUIRE_BROWSER=1")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the session; each test gets its own context."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed: pip install playwright (no browser download)")
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} not found: apt-get install chromium")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture
+def context(browser: Any) -> Iterator[Any]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    ctx.set_default_timeout(15_000)
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+@pytest.fixture
+def page(context: Any) -> Iterator[Any]:
+    """A page whose console errors fail the test (they are client bugs)."""
+    new_page = context.new_page()
+    errors: list[str] = []
+    new_page.on("pageerror", lambda error: errors.append(str(error)))
+    yield new_page
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@dataclass
+class StaticSite:
+    """A page at :data:`FAKE_ORIGIN` with the client loaded, served by ``page.route``."""
+
+    page: Any
+    #: path -> bytes answered as ``text/event-stream``
+    bodies: dict[str, bytes] = field(default_factory=dict)
+    #: every request the page made: path, url, headers
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def static_site(browser: Any) -> Iterator[StaticSite]:
+    """The client in a page whose every request is answered in-process (no server).
+
+    Shared by the tests of a module (pages are cheap to use, slower to make);
+    tests use distinct body paths.
+    """
+    ctx = browser.new_context()
+    ctx.set_default_timeout(15_000)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    site = StaticSite(page)
+
+    def handle(route: Any) -> None:
+        request = route.request
+        path = request.url[len(FAKE_ORIGIN) :].split("?")[0]
+        site.requests.append({"path": path, "headers": request.headers, "url": request.url})
+        if path == "/":
+            route.fulfill(
+                status=200,
+                content_type="text/html",
+                body='<!doctype html><title>t</title><script src="/sse-keepalive.js"></script>',
+            )
+        elif path in ("/sse-keepalive.js", "/sse-keepalive.mjs"):
+            source = CLIENT_JS if path.endswith(".js") else CLIENT_MJS
+            route.fulfill(status=200, content_type="text/javascript", body=source.read_bytes())
+        elif path in site.bodies:
+            route.fulfill(
+                status=200,
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"},
+                body=site.bodies[path],
+            )
+        else:
+            route.fulfill(status=404, content_type="text/plain", body="not found")
+
+    try:
+        page.route(f"{FAKE_ORIGIN}/**", handle)
+        page.goto(f"{FAKE_ORIGIN}/")
+        yield site
+    finally:
+        ctx.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
