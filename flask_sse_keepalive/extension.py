@@ -96,7 +96,8 @@ class SSE:
             raise ValueError(
                 f"invalid channel name {channel!r}: use 1-128 characters from A-Z a-z 0-9 _ - . : @"
             )
-        message_event = Event(data=data, event=event, retry=retry)
+        # None is JSON null here: an event without data would never reach a page.
+        message_event = Event(data="null" if data is None else data, event=event, retry=retry)
         registry = self._current_registry()
         message = registry.broker.publish(channel, message_event)
         registry.stats.published += 1

@@ -134,7 +134,9 @@ class Registry:
         self.connections: set[Connection] = set()
         self.per_client: Counter[str] = Counter()
         self.shutting_down = False
-        self._config = dict(app.config)
+        # What the broker reads, with the validated values in place of raw ones
+        # (settings from environment variables arrive as strings).
+        self._config = {**app.config, "SSE_HISTORY_SIZE": settings.history_size}
         self._broker: Broker | None = None
         self._broker_pid = 0
         self._lock = threading.Lock()

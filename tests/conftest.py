@@ -128,6 +128,14 @@ def gunicorn(tmp_path: Path) -> Iterator:
         server.stop(signal.SIGTERM, timeout=10)
 
 
+@pytest.fixture(autouse=True)
+def _close_raw_streams() -> Iterator[None]:
+    from tests.wire import RawStream
+
+    yield
+    RawStream.close_all()
+
+
 def redis_server_path() -> str | None:
     return shutil.which("redis-server")
 

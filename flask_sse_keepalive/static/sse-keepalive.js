@@ -247,7 +247,7 @@
     watchdogFactor: 2.5,
     connectTimeout: 30000,
     stopOn: [204, 400, 401, 403, 404],
-    resumeVia: "header",
+    resumeVia: "auto",
     persist: false,
     onReset: null,
     fetch: null,
@@ -363,8 +363,23 @@
       }
     }
 
+    /**
+     * Where the resume point goes: the Last-Event-ID header, or the
+     * last_event_id query parameter. That header is not CORS-safelisted, so
+     * cross-origin it would cost a preflight on every connect: "auto" uses the
+     * header on the page's own origin and the query parameter elsewhere.
+     */
+    _resumeInQuery() {
+      var via = this._opts.resumeVia;
+      if (via === "auto") {
+        var page = baseURL();
+        return !!page && new URL(page).origin !== new URL(this._url).origin;
+      }
+      return via === "query";
+    }
+
     _requestURL() {
-      if (this._opts.resumeVia !== "query") return this._url;
+      if (!this._resumeInQuery()) return this._url;
       var url = new URL(this._url);
       url.searchParams.delete("last_event_id");
       if (this._lastEventId) url.searchParams.set("last_event_id", this._lastEventId);
@@ -375,13 +390,14 @@
       var headers = { Accept: "text/event-stream" };
       var extra = typeof this._opts.headers === "function" ? this._opts.headers() : this._opts.headers;
       if (extra) Object.assign(headers, extra);
-      if (this._lastEventId && this._opts.resumeVia !== "query") {
+      if (this._lastEventId && !this._resumeInQuery()) {
         headers["Last-Event-ID"] = this._lastEventId;
       }
       return headers;
     }
 
     async _connect() {
+      if (this._state === "connecting") this._setState("connecting"); // the first attempt
       var generation = ++this._generation;
       var controller = new AbortController();
       this._abort = controller;

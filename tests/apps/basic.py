@@ -56,6 +56,25 @@ def publish():
     return jsonify(ids=ids)
 
 
+@app.post("/control/series")
+def series():
+    """Publish ``count`` numbered events in the background, ``interval`` apart."""
+    import gevent
+
+    channels = request.args.getlist("channel") or ["default"]
+    count = int(request.args.get("count", 100))
+    interval = float(request.args.get("interval", 0.01))
+
+    def run():
+        with app.app_context():
+            for n in range(1, count + 1):
+                sse.publish(str(n), channel=channels[n % len(channels)])
+                gevent.sleep(interval)
+
+    gevent.spawn(run)
+    return jsonify(started=count)
+
+
 @app.get("/control/stats")
 def stats():
     return jsonify(sse.stats())
