@@ -397,7 +397,10 @@
     }
 
     async _connect() {
-      if (this._state === "connecting") this._setState("connecting"); // the first attempt
+      if (this._state === "connecting") {
+        this._setState("connecting"); // the first attempt
+        if (this._readyState === CLOSED) return; // a "connecting" listener closed us
+      }
       var generation = ++this._generation;
       var controller = new AbortController();
       this._abort = controller;

@@ -39,3 +39,32 @@ def child_pids(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             children.append(int(entry.name))
     return children
+
+
+def wait_in_page(page: Any, expression: str, timeout: float, what: str, arg: Any = None) -> Any:
+    """Wait until ``expression`` (a JS function body's value) is truthy in the page."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        return page.wait_for_function(expression, arg=arg, timeout=timeout * 1000).json_value()
+    except PlaywrightTimeout:
+        raise TimeoutError(f"waited {timeout} s in the page for {what} ({expression})") from None
+
+
+#: ``window.track(client)`` records what a client reports, with wall-clock
+#: times (ms) comparable with the server's.
+TRACK_JS = """() => {
+window.track = (client, types = ["message"]) => {
+  const log = {states: [], errors: [], events: []};
+  client.addEventListener("statechange", (e) => log.states.push(
+    {state: e.state, t: Date.now(), reason: e.reason ?? null, status: e.status ?? null}));
+  client.addEventListener("error", (e) => log.errors.push({
+    t: Date.now(), reason: e.reason ?? null, status: e.status ?? null,
+    message: e.message ?? null, delay: e.delay ?? null, willRetry: e.willRetry}));
+  for (const type of types) {
+    client.addEventListener(type, (e) => log.events.push(
+      {type: e.type, data: e.data, id: e.lastEventId, t: Date.now()}));
+  }
+  return log;
+};
+}"""
