@@ -1,0 +1,491 @@
+"""``python -m benchmarks``: run the scenarios against every server, print, save JSON.
+
+For each scenario and each server this starts the server (pinned to CPU 0),
+runs the load generator in its own process (pinned to CPU 1), and stops the
+server. The table shows each figure for the real server and the two ceilings,
+the real server's ratio to each ceiling, and the targets the real server is
+meant to meet (full runs only: quick runs are too small for them to mean
+anything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .procinfo import raise_nofile, taskset_prefix
+from .scenarios import SATURATED
+from .servers import LOADGEN_CPU, ROOT, SERVER_CPU, SERVERS, start_server
+
+__all__ = ["PLANS", "main", "run"]
+
+#: Foreign CPU use (%) on a pinned CPU above which a figure is called noisy.
+NOISY = 10.0
+REAL, SEND, SENDALL = SERVERS
+
+
+@dataclass(frozen=True)
+class Run:
+    """One server run: which scenario, which heartbeat, which servers, what spec."""
+
+    scenario: str
+    label: str
+    spec: dict[str, Any]
+    servers: tuple[str, ...] = SERVERS
+    heartbeat: float = 15.0
+    connections: int = 1000
+    timeout: float = 240.0
+
+
+def _full() -> dict[str, list[Run]]:
+    levels = [1000, 5000, 10000]
+    return {
+        "idle": [
+            Run("idle", "idle hb=15s", {"levels": levels, "window": 30.0}, (REAL,), 15.0, 10000),
+            Run("idle", "idle hb=1s", {"levels": levels, "window": 30.0}, (REAL,), 1.0, 10000),
+            # The ceiling at the largest size only, to keep the run under ten minutes.
+            Run("idle", "idle hb=15s", {"levels": [10000], "window": 30.0}, (SEND,), 15.0, 10000),
+            Run("idle", "idle hb=1s", {"levels": [10000], "window": 30.0}, (SEND,), 1.0, 10000),
+        ],
+        "fanout": [
+            Run("fanout", "fanout", {"streams": 1000, "duration": 8.0, "read_batch_ms": 10})
+        ],
+        "latency": [Run("latency", "latency", {"streams": 1000, "rate": 50.0, "duration": 10.0})],
+        "slow": [
+            Run("slow", "slow", {"others": 50, "events": 20000, "size": 1024, "rate": 2000.0})
+        ],
+    }
+
+
+def _quick() -> dict[str, list[Run]]:
+    return {
+        "idle": [Run("idle", "idle hb=0.5s", {"levels": [50], "window": 2.0}, SERVERS, 0.5, 50)],
+        "fanout": [
+            Run(
+                "fanout",
+                "fanout",
+                {"streams": 50, "duration": 1.0, "warmup_events": 50, "read_batch_ms": 10},
+            )
+        ],
+        "latency": [Run("latency", "latency", {"streams": 50, "rate": 50.0, "duration": 2.0})],
+        "slow": [Run("slow", "slow", {"others": 10, "events": 4000, "size": 1024, "rate": 4000.0})],
+    }
+
+
+PLANS: dict[str, Callable[[], dict[str, list[Run]]]] = {"full": _full, "quick": _quick}
+
+
+def _loadgen(port: int, run: Run, timeout: float) -> dict[str, Any]:
+    cmd = [
+        *taskset_prefix(LOADGEN_CPU), sys.executable, "-m", "benchmarks.loadgen",
+        "--port", str(port), "--scenario", run.scenario, "--spec", json.dumps(run.spec),
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"load generator failed ({done.returncode}):\n{done.stderr.decode()[-3000:]}"
+        )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def run_one(run: Run, server: str, queue_size: int, log_dir: Path) -> dict[str, Any]:
+    """Start ``server``, run the scenario against it, stop it; the result."""
+    began = time.time()
+    started = start_server(
+        server,
+        heartbeat=run.heartbeat,
+        connections=run.connections,
+        queue_size=queue_size,
+        log_dir=log_dir,
+    )
+    try:
+        result = _loadgen(started.port, run, run.timeout)
+    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+        result = {"error": str(exc), "checks": {}, "warnings": [], "metrics": {}}
+    finally:
+        started.stop()
+    log = started.log()
+    if "Traceback" in log:
+        result["warnings"].append(f"server log has tracebacks ({started.log_path})")
+    result.update(server=server, label=run.label, seconds=time.time() - began)
+    return result
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next(
+                line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    versions: dict[str, str | None] = {}
+    for name in ("flask", "gevent", "greenlet", "gunicorn", "flask-sse-keepalive"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "commit": commit or None,
+        "pinned": bool(taskset_prefix(SERVER_CPU)) and bool(taskset_prefix(LOADGEN_CPU)),
+        "loadavg": os.getloadavg(),
+    }
+
+
+def run(
+    names: list[str], *, quick: bool, queue_size: int, servers: tuple[str, ...]
+) -> dict[str, Any]:
+    plans = PLANS["quick" if quick else "full"]()
+    results: list[dict[str, Any]] = []
+    began = time.time()
+    with tempfile.TemporaryDirectory(prefix="sse-bench-") as tmp:
+        for name in names:
+            for planned in plans[name]:
+                for server in planned.servers:
+                    if server not in servers:
+                        continue
+                    print(
+                        f"  {planned.label:<14} {server:<16}", end="", flush=True, file=sys.stderr
+                    )
+                    result = run_one(planned, server, queue_size, Path(tmp))
+                    result["scenario"] = name
+                    results.append(result)
+                    print(f" {result['seconds']:5.1f} s {_verdict(result)}", file=sys.stderr)
+    report = {
+        "machine": machine(),
+        "quick": quick,
+        "queue_size": queue_size,
+        "started": began,
+        "seconds": time.time() - began,
+        "results": results,
+    }
+    report["rows"] = rows(results)
+    report["targets"] = [] if quick else targets(results)
+    report["warnings"] = warnings(results)
+    return report
+
+
+def _verdict(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return "ERROR: " + str(result["error"]).splitlines()[0]
+    failed = [name for name, ok in result["checks"].items() if not ok]
+    return "ok" if not failed else "FAILED: " + ", ".join(str(name) for name in failed)
+
+
+# -- the table -------------------------------------------------------------------
+
+#: (row label, better: "high" or "low" or "", value) per scenario
+Row = tuple[str, str, Callable[[dict[str, Any]], Any]]
+
+
+def _idle_rows(result: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    out = []
+    for step in result["metrics"].get("steps", []):
+        head = f"{result['label']} n={step['streams']}"
+        out += [
+            (f"{head} RSS/stream KB", "low", step["rss_per_stream_kb"]),
+            (f"{head} ramp conn/s", "high", step["ramp_per_s"]),
+            (f"{head} server CPU %", "low", step["server_cpu_pct"]),
+            (
+                f"{head} heartbeats got/nominal",
+                "",
+                f"{step['heartbeats']}/{step['heartbeats_expected']}",
+            ),
+            (f"{head} late+closed streams", "low", step["late_streams"] + step["closed_streams"]),
+        ]
+    return out
+
+
+def _metric_rows(result: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    m = result["metrics"]
+    label = result["label"]
+    if not m:
+        return []
+    if result["scenario"] == "idle":
+        return _idle_rows(result)
+    if result["scenario"] == "fanout":
+        return [
+            (f"{label} n={m['streams']} deliveries/s", "high", m["deliveries_per_s"]),
+            (f"{label} n={m['streams']} CPU us/delivery", "low", m["cpu_us_per_delivery"]),
+            (f"{label} n={m['streams']} lost", "low", m["lost"]),
+        ]
+    if result["scenario"] == "latency":
+        head = f"{label} n={m['streams']} {m['rate']:g}/s"
+        return [
+            (f"{head} p50 ms", "low", m["p50_ms"]),
+            (f"{head} p99 ms", "low", m["p99_ms"]),
+            (f"{head} max ms", "low", m["max_ms"]),
+            (f"{head} lost", "low", m["lost"]),
+        ]
+    head = f"{label} {m['events']}x{m['size']}B"
+    after = m["slow_dropped_after_s"]
+    return [
+        (f"{head} RSS growth MB", "low", m["rss_growth_mb"]),
+        (f"{head} others lost", "low", m["lost"]),
+        (f"{head} others p99 ms", "low", m["p99_ms"]),
+        (f"{head} slow dropped after s", "", after if after is not None else "never"),
+    ]
+
+
+def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for result in results:
+        for label, better, value in _metric_rows(result):
+            row = table.setdefault(label, {"metric": label, "better": better})
+            row[result["server"]] = value
+        meter_cpu = _loadgen_cpu(result)
+        if meter_cpu is not None:
+            row = table.setdefault(
+                f"{result['label']} loadgen CPU %",
+                {"metric": f"{result['label']} loadgen CPU %", "better": ""},
+            )
+            row[result["server"]] = meter_cpu
+    for row in table.values():
+        real = row.get(REAL)
+        for ceiling in (SEND, SENDALL):
+            other = row.get(ceiling)
+            if (
+                isinstance(real, (int, float))
+                and isinstance(other, (int, float))
+                and other
+                and row["better"]
+            ):
+                row[f"real/{ceiling}"] = real / other
+    return list(table.values())
+
+
+def _meters(result: dict[str, Any]) -> list[dict[str, Any]]:
+    metrics = result.get("metrics", {})
+    if "steps" in metrics:
+        return [step["meter"] for step in metrics["steps"]]
+    return [metrics["meter"]] if "meter" in metrics else []
+
+
+def _loadgen_cpu(result: dict[str, Any]) -> float | None:
+    meters = _meters(result)
+    return max(m["loadgen_cpu_pct"] for m in meters) if meters else None
+
+
+def warnings(results: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for result in results:
+        where = f"{result['label']} / {result['server']}"
+        for meter in _meters(result):
+            if meter["loadgen_cpu_pct"] > 100 * SATURATED:
+                out.append(
+                    f"{where}: the load generator used {meter['loadgen_cpu_pct']:.0f}% of its CPU:"
+                    " it may be the bottleneck, the server's figures are a lower bound"
+                )
+            for key, cpu in (
+                ("foreign_server_cpu_pct", "server"),
+                ("foreign_loadgen_cpu_pct", "generator"),
+            ):
+                if meter.get(key, 0.0) > NOISY:
+                    out.append(
+                        f"{where}: other processes used {meter[key]:.0f}% of the {cpu}'s CPU: noisy"
+                    )
+        out += [f"{where}: {w}" for w in result.get("warnings", [])]
+        if "error" in result:
+            out.append(f"{where}: {result['error']}")
+    return out
+
+
+def _find(
+    results: list[dict[str, Any]], scenario: str, server: str, label: str | None = None
+) -> dict[str, Any] | None:
+    for result in results:
+        if (
+            result["scenario"] == scenario
+            and result["server"] == server
+            and result.get("metrics")
+            and (label is None or result["label"] == label)
+        ):
+            return result
+    return None
+
+
+def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The real server's targets (one worker, two cores) against what was measured."""
+    out: list[dict[str, Any]] = []
+
+    def target(name: str, value: Any, ok: bool | None) -> None:
+        out.append({"target": name, "measured": value, "met": ok})
+
+    def step_at(result: dict[str, Any] | None, n: int) -> dict[str, Any] | None:
+        steps = result["metrics"]["steps"] if result else []
+        return next((s for s in steps if s["streams"] == n), None)
+
+    idle15 = step_at(_find(results, "idle", REAL, "idle hb=15s"), 10000)
+    if idle15:
+        kb = idle15["rss_per_stream_kb"]
+        target("memory per idle stream at 10,000 <= 14 KB", f"{kb:.1f} KB", kb <= 14)
+    idle1 = step_at(_find(results, "idle", REAL, "idle hb=1s"), 10000)
+    if idle1:
+        cpu, missed = idle1["server_cpu_pct"], idle1["late_streams"] + idle1["closed_streams"]
+        target(
+            "heartbeats at 10,000 / 1 s all delivered at <= 15% of a core",
+            f"{cpu:.1f}% CPU, {missed} streams late or closed",
+            cpu <= 15 and missed == 0,
+        )
+    fan = _find(results, "fanout", REAL)
+    if fan:
+        rate = fan["metrics"]["deliveries_per_s"]
+        ceiling = _find(results, "fanout", SEND)
+        ratio = rate / ceiling["metrics"]["deliveries_per_s"] if ceiling else math.nan
+        target(
+            "fan-out >= 200,000 deliveries/s at 1,000 streams and >= 0.75x the send ceiling",
+            f"{rate:,.0f}/s, {ratio:.2f}x",
+            rate >= 200_000 and (ceiling is None or ratio >= 0.75),
+        )
+    lat = _find(results, "latency", REAL)
+    if lat:
+        p99 = lat["metrics"]["p99_ms"]
+        target("latency p99 <= 40 ms at 1,000 streams x 50 events/s", f"{p99:.1f} ms", p99 <= 40)
+    slow = _find(results, "slow", REAL)
+    if slow:
+        m = slow["metrics"]
+        target(
+            "slow consumer: RSS growth <= 5 MB, the others complete",
+            f"{m['rss_growth_mb']:.1f} MB, {m['lost']} lost",
+            m["rss_growth_mb"] <= 5 and slow["checks"].get("others_complete", False),
+        )
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    columns = ["metric", REAL, SEND, SENDALL, f"real/{SEND}", f"real/{SENDALL}"]
+    table = [columns] + [
+        [_fmt(row.get(c, "")) if c != "metric" else row["metric"] for c in columns]
+        for row in report["rows"]
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    lines = []
+    for n, line in enumerate(table):
+        lines.append(
+            "  ".join(
+                cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                for i, cell in enumerate(line)
+            )
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    m = report["machine"]
+    lines.insert(
+        0,
+        f"{m['cpu']} x{m['cpus']}, Linux {m['kernel']}, Python {m['python']}, "
+        f"gevent {m['versions']['gevent']}, gunicorn {m['versions']['gunicorn']}, "
+        f"commit {m['commit']}; server on CPU {SERVER_CPU}, generator on CPU {LOADGEN_CPU}"
+        + ("" if m["pinned"] else " (NOT pinned: taskset or a second CPU missing)"),
+    )
+    lines.insert(1, "ratios: real/ceiling (for 'low is better' figures above 1 is worse)")
+    lines.insert(2, "")
+    if report["targets"]:
+        lines += ["", "targets (real server):"]
+        for t in report["targets"]:
+            mark = {True: "MET ", False: "MISS", None: "?   "}[t["met"]]
+            lines.append(f"  [{mark}] {t['target']}: {t['measured']}")
+    failed = [
+        f"{r['label']} / {r['server']}: {_verdict(r)}"
+        for r in report["results"]
+        if _verdict(r) != "ok"
+    ]
+    if failed:
+        lines += ["", "correctness FAILED:"] + [f"  {f}" for f in failed]
+    if report["warnings"]:
+        lines += ["", "warnings:"] + [f"  {w}" for w in report["warnings"]]
+    lines.append("")
+    lines.append(f"total {report['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmark flask-sse-keepalive under gunicorn -k gevent "
+        "against a raw gevent ceiling.",
+    )
+    scenarios = list(_full())
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="scenario",
+        help=f"any of {', '.join(scenarios)} (default: all)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny scale, a few seconds each (smoke test)"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the full results as JSON")
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help="comma-separated subset of " + ", ".join(SERVERS),
+    )
+    parser.add_argument(
+        "--queue-size",
+        type=int,
+        default=500,
+        help="SSE_QUEUE_SIZE for the real server and the ceiling's queue bound "
+        "(default: 500, the extension's default)",
+    )
+    args = parser.parse_args(argv)
+    unknown = set(args.scenarios) - set(scenarios)
+    if unknown:
+        parser.error(
+            f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(scenarios)}"
+        )
+    servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
+    if set(servers) - set(SERVERS):
+        parser.error(f"--servers: choose from {', '.join(SERVERS)}")
+    raise_nofile()
+    report = run(
+        args.scenarios or scenarios, quick=args.quick, queue_size=args.queue_size, servers=servers
+    )
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    ok = all(_verdict(r) == "ok" for r in report["results"])
+    return 0 if ok else 1
