@@ -70,17 +70,29 @@ def _full() -> dict[str, list[Run]]:
 
 
 def _quick() -> dict[str, list[Run]]:
+    """Tiny runs for the smoke test: correctness, not figures."""
+    fanout = {"streams": 50, "duration": 1.0, "warmup_events": 50, "read_batch_ms": 10}
     return {
-        "idle": [Run("idle", "idle hb=0.5s", {"levels": [50], "window": 2.0}, SERVERS, 0.5, 50)],
-        "fanout": [
+        "idle": [
+            Run("idle", "idle hb=0.5s", {"levels": [50], "window": 2.0}, SERVERS, 0.5, 50, 60.0)
+        ],
+        "fanout": [Run("fanout", "fanout", fanout, timeout=60.0)],
+        "latency": [
             Run(
-                "fanout",
-                "fanout",
-                {"streams": 50, "duration": 1.0, "warmup_events": 50, "read_batch_ms": 10},
+                "latency",
+                "latency",
+                {"streams": 50, "rate": 50.0, "duration": 2.0},
+                timeout=60.0,
             )
         ],
-        "latency": [Run("latency", "latency", {"streams": 50, "rate": 50.0, "duration": 2.0})],
-        "slow": [Run("slow", "slow", {"others": 10, "events": 4000, "size": 1024, "rate": 4000.0})],
+        "slow": [
+            Run(
+                "slow",
+                "slow",
+                {"others": 10, "events": 4000, "size": 1024, "rate": 4000.0},
+                timeout=60.0,
+            )
+        ],
     }
 
 
