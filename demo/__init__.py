@@ -1,0 +1,1 @@
+"""The flask-sse-keepalive demo app: ``gunicorn -k gevent demo.app:app``."""
