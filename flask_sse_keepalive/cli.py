@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import sys
+import time
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
 from .brokers.base import BrokerUnavailable
+from .views import CHANNEL_NAME
 
 sse_cli = AppGroup("sse", help="Server-sent events: publish, tail, stats.")
 
@@ -49,3 +53,90 @@ def stats_command() -> None:
     """Print this process's figures as JSON (the broker's channels included)."""
     json.dump(_extension().stats(), sys.stdout, indent=2, sort_keys=True)
     click.echo()
+
+
+@sse_cli.command("tail")
+@click.argument("channels", nargs=-1, required=True)
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="Base URL of a running server; SSE_URL_PREFIX is appended.",
+)
+@click.option("--last-event-id", default=None, help="Resume after this event id.")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N events.")
+def tail_command(
+    channels: tuple[str, ...], url: str, last_event_id: str | None, count: int | None
+) -> None:
+    """Print the events of CHANNELS as JSON lines as they arrive.
+
+    Reads the stream of a running server (so it works with any broker), and
+    resumes with the last id it printed when the connection drops.
+    """
+    for channel in channels:
+        if not CHANNEL_NAME.fullmatch(channel):
+            raise click.BadParameter(f"invalid channel name {channel!r}", param_hint="CHANNELS")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"not an http(s) URL: {url!r}", param_hint="--url")
+    path = parts.path.rstrip("/") + current_app.config["SSE_URL_PREFIX"]
+    path += "?" + urlencode([("channel", c) for c in channels])
+    printed = 0
+    delay = 0.5
+    while count is None or printed < count:
+        try:
+            for event in _read_stream(parts, path, last_event_id):
+                click.echo(json.dumps(event, ensure_ascii=False))
+                delay = 0.5
+                if event.get("id") is not None:
+                    last_event_id = event["id"]
+                printed += 1
+                if count is not None and printed >= count:
+                    return
+        except (OSError, http.client.HTTPException) as exc:
+            click.echo(f"connection lost ({exc}); reconnecting in {delay:.1f} s", err=True)
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+def _read_stream(parts: Any, path: str, last_event_id: str | None) -> Any:
+    """Yield the events of one connection as dicts; return when it ends."""
+    connection_class = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
+    connection = connection_class(parts.hostname, parts.port, timeout=120)
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id:
+        headers["Last-Event-ID"] = last_event_id
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        if response.status != 200:
+            body = response.read(500).decode("utf-8", "replace").strip()
+            raise click.ClickException(f"{response.status} from the server: {body}")
+        fields: dict[str, Any] = {}
+        data: list[str] = []
+        while True:
+            raw = response.readline()
+            if not raw:
+                return
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if line == "":
+                if data:
+                    yield {
+                        "id": fields.get("id"),
+                        "event": fields.get("event"),
+                        "data": "\n".join(data),
+                    }
+                fields, data = {}, []
+            elif line.startswith(":"):
+                continue
+            else:
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "data":
+                    data.append(value)
+                elif name in ("id", "event"):
+                    fields[name] = value
+    finally:
+        connection.close()

@@ -12,6 +12,7 @@ from blinker import ANY, Signal
 from flask import Flask, Response, current_app, has_app_context
 
 from . import runtime, signals
+from .cli import sse_cli
 from .event import Event
 from .registry import DEFAULTS, Registry, Settings
 from .views import CHANNEL_NAME, make_blueprint, plain
@@ -55,6 +56,7 @@ class SSE:
         self._registries[app] = Registry(app, settings)
         app.extensions["sse"] = self
         app.register_blueprint(make_blueprint(self), url_prefix=app.config["SSE_URL_PREFIX"])
+        app.cli.add_command(sse_cli)
         runtime.check_server(app.name, settings.broker_url)
 
     def _registry(self, app: Flask) -> Registry:

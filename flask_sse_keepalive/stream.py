@@ -262,7 +262,7 @@ class Connection:
             reason = self._close_reason or "shutdown"
             raise
         finally:
-            self._close_reason = self._close_reason or reason
+            reason = self._close_reason = self._close_reason or reason
             if self._watcher is not None:
                 self._watcher.kill(block=False)
             if producer is not None:
@@ -278,9 +278,14 @@ class Connection:
         if self._raw is None:
             yield farewell
             return
+        import gevent
+
         try:
-            self._sock.sendall(_frame(farewell) + b"0\r\n\r\n" if self._chunked else farewell)
-        except OSError:
+            # Bounded: a stalled client must not hold up a worker's shutdown.
+            with gevent.Timeout(1.0, _SendTimeout):
+                self._sock.sendall(_frame(farewell) + b"0\r\n\r\n" if self._chunked else farewell)
+        except (OSError, _SendTimeout):
+            self._shutdown_socket()
             return
         # The response is complete; close the connection so that the client
         # reconnects on a new one (to a live worker) instead of reusing it.
@@ -289,19 +294,20 @@ class Connection:
     def _run_iterator(self) -> Iterator[bytes]:
         interval = self._registry.settings.heartbeat_interval
         wake = self._wake
-        while self._close_reason is None:
+        while self._close_reason not in _ABORT_REASONS:
             now = time.monotonic()
             due = self._last_write + interval
             if self._deadline is not None and now >= self._deadline:
                 self.close("lifetime")
-                break
+            if self._close_reason is not None and not self._pending:
+                break  # what was queued before a clean close has been written
             timeout = due - now
             if self._deadline is not None:
                 timeout = min(timeout, self._deadline - now)
             if not self._pending and timeout > 0:
                 wake.wait(timeout)
             wake.clear()
-            if self._close_reason is not None:
+            if self._close_reason in _ABORT_REASONS:
                 break
             if self._pending:
                 chunk = self._take()
@@ -325,10 +331,13 @@ class Connection:
         self._watcher = gevent.spawn(self._watch)
         send_timeout = self._registry.settings.send_timeout
         wake = self._wake
-        while self._close_reason is None:
-            wake.wait()
-            wake.clear()
-            while (self._partial or self._pending) and self._close_reason is None:
+        while self._close_reason not in _ABORT_REASONS:
+            if not (self._partial or self._pending):
+                if self._close_reason is not None:
+                    break  # a clean close, after what was queued before it
+                wake.wait()
+                wake.clear()
+            while (self._partial or self._pending) and self._close_reason not in _ABORT_REASONS:
                 self._busy = True
                 data = self._partial
                 self._partial = b""

@@ -7,6 +7,7 @@ it under gunicorn with its own configuration.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -14,11 +15,22 @@ from flask import Flask, abort, jsonify, request
 
 from flask_sse_keepalive import SSE, Event, signals, sse_stream
 
+if os.environ.get("TEST_DEBUG_LOG"):
+    logging.basicConfig(level=logging.DEBUG)
+
 app = Flask(__name__)
 for key, value in os.environ.items():
     if key.startswith("SSE_"):
         app.config[key] = value
 sse = SSE(app)
+
+if os.environ.get("TEST_METRICS"):
+    from prometheus_client import CollectorRegistry
+
+    from flask_sse_keepalive.metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics(sse, app, registry=CollectorRegistry(), interval=0.2)
+    app.add_url_rule("/metrics", view_func=metrics.view)
 
 #: what the signals saw, for tests to read through /control/log
 _log: list[dict] = []
@@ -46,6 +58,8 @@ def _authorize(channel: str) -> bool:
 @app.post("/control/publish")
 def publish():
     body = request.get_json()
+    if body.get("size"):
+        body["data"] = "x" * int(body["size"])
     ids = []
     for _ in range(int(body.get("count", 1))):
         ids.append(
@@ -77,7 +91,18 @@ def series():
 
 @app.get("/control/stats")
 def stats():
-    return jsonify(sse.stats())
+    figures = sse.stats()
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                figures["rss_kb"] = int(line.split()[1])
+    return jsonify(figures)
+
+
+@app.post("/control/shutdown")
+def shutdown():
+    sse.shutdown()
+    return jsonify(ok=True)
 
 
 @app.get("/control/log")
