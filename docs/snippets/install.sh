@@ -1,0 +1,2 @@
+pip install flask-sse-keepalive
+pip install 'flask-sse-keepalive[redis]'

@@ -1,0 +1,1 @@
+gunicorn -k gevent app:app

@@ -1,0 +1,17 @@
+import pytest
+from app import app
+
+
+@pytest.fixture
+def client():
+    app.testing = True  # streams work in the test client, without gevent
+    return app.test_client()
+
+
+def test_headline_reaches_the_stream(client):
+    response = client.get("/stream?channel=news", buffered=False)
+    chunks = iter(response.response)
+    assert next(chunks).startswith(b"retry: 3000\n")  # sent at once: subscribed
+    client.post("/news", json={"title": "Hello"})
+    assert b'data: {"title":"Hello"}\n' in next(chunks)
+    response.close()  # the client goes away: the stream's cleanup runs
