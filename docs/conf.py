@@ -23,6 +23,8 @@ exclude_patterns = ["_build", "snippets"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
+# The metrics module needs the ``metrics`` extra; the docs build needs only ``docs``.
+autodoc_mock_imports = ["prometheus_client"]
 
 html_theme = "furo"
 html_title = f"flask-sse-keepalive {release}"
