@@ -115,9 +115,16 @@ def watch_shutdown(registry: Registry) -> None:
     worker = gunicorn_worker()
     if worker is None:
         return
+    import atexit
+
     import gevent
 
+    from .stream import close_handed_over
+
     _watcher = gevent.spawn(_poll_worker, worker)
+    # Streams that own their sockets are not in gunicorn's handler pool, so
+    # the worker may finish before they said goodbye: end them at exit too.
+    atexit.register(close_handed_over, 1.5)
 
 
 def _poll_worker(worker: Any) -> None:

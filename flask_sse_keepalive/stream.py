@@ -27,12 +27,14 @@ registry slot, and sends ``client_disconnected`` with the reason.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import random
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -72,16 +74,17 @@ class Connection:
         "_chunked",
         "_close_reason",
         "_deadline",
+        "_hand_over",
         "_last_seq",
         "_last_write",
         "_live",
         "_partial",
         "_pending",
         "_raw",
+        "_readable",
         "_registry",
         "_sock",
         "_wake",
-        "_watcher",
         "channels",
         "client_key",
         "connected_at",
@@ -100,6 +103,7 @@ class Connection:
         client_key: str | None = None,
         sock: Any = None,
         chunked: bool = True,
+        hand_over: bool = False,
     ) -> None:
         self.id = next(_ids)
         self.channels = tuple(channels)
@@ -118,7 +122,9 @@ class Connection:
         self._busy = False
         self._live = False
         self._wake = threading.Event()
-        self._watcher: Any = None
+        self._readable = False
+        # gunicorn's own handler can let go of the connection (see body()).
+        self._hand_over = hand_over
         self._last_seq = -1
         self._last_write = time.monotonic()
         self._deadline: float | None = None
@@ -224,35 +230,48 @@ class Connection:
         """The response body. ``first`` is written at once (``retry`` and a comment).
 
         :param producer: what feeds an ``@sse_stream`` connection (started
-            once the stream is live, stopped in the same ``finally``).
+            once the stream is live, stopped where the connection is released).
         """
         registry = self._registry
         reason = "client"
+        handed_over = False
         try:
             registry.open(self)
             max_seconds = registry.settings.max_stream_seconds
             if max_seconds:
+                # Jitter, so that streams opened together do not all rotate together.
                 self._deadline = time.monotonic() + max_seconds * random.uniform(0.9, 1.1)
             if self.channels:
                 registry.broker.attach(self, self.last_event_id)
             if self._raw is not None:
                 self._set_nodelay()
+            # The server sends the head and this first chunk, through every
+            # middleware, exactly as for any response.
             yield first + self._take()
             self._last_write = time.monotonic()
             self._live = True
-            if producer is not None:
-                producer.start(self)
-            if self._raw is not None:
-                self._run_direct()
-            else:
+            if self._raw is None:
+                if producer is not None:
+                    producer.start(self)
                 yield from self._run_iterator()
-            reason = self._close_reason or "server"
-            if reason in ("shutdown", "lifetime"):
-                yield from self._goodbye(reason)
+                reason = self._close_reason or "server"
+                if reason in ("shutdown", "lifetime"):
+                    yield self._farewell(reason)
+            elif self._hand_over:
+                self._take_socket()
+                handed_over = True
+                import gevent
+
+                gevent.spawn(self._serve_handed_over, producer)
+                raise _HandedOver(errno.EPIPE, "the stream continues in its own greenlet")
+            else:
+                reason = self._serve(producer)
         except GeneratorExit:
             # The server closed the iterator: the client went away (or the
             # server is stopping, in which case the reason is already set).
             reason = self._close_reason or "client"
+            raise
+        except _HandedOver:
             raise
         except Exception:
             log.exception("stream %s failed", self)
@@ -262,34 +281,49 @@ class Connection:
             reason = self._close_reason or "shutdown"
             raise
         finally:
-            reason = self._close_reason = self._close_reason or reason
-            if self._watcher is not None:
-                self._watcher.kill(block=False)
-            if producer is not None:
-                producer.stop()
-            if self.channels:
-                registry.broker.detach(self)
-            registry.release(self, reason)
+            if not handed_over:
+                self._release(reason, producer)
 
-    def _goodbye(self, reason: str) -> Iterator[bytes]:
+    def _release(self, reason: str, producer: Producer | None) -> None:
+        """The one place where a connection gives back what it took."""
+        reason = self._close_reason = self._close_reason or reason
+        if producer is not None:
+            producer.stop()
+        if self.channels:
+            self._registry.broker.detach(self)
+        self._registry.release(self, reason)
+
+    def _take_socket(self) -> None:
+        """Keep a duplicate of the client socket for this connection alone.
+
+        gunicorn then closes its own descriptor and its handler greenlet ends,
+        with the request's parser, environ and stack: an open stream costs this
+        object, one greenlet and the socket, not a parked request handler.
+        """
+        own = self._sock.dup()
+        self._sock = own
+        self._raw = own._sock
+        _handed_over.add(self)
+
+    def _serve_handed_over(self, producer: Producer | None) -> None:
+        reason = "error"
+        try:
+            reason = self._serve(producer)
+        except Exception:
+            log.exception("stream %s failed", self)
+            self.close("error")
+        except BaseException:
+            reason = self._close_reason or "shutdown"
+            raise
+        finally:
+            _handed_over.discard(self)
+            self._release(reason, producer)
+            self._sock.close()
+
+    def _farewell(self, reason: str) -> bytes:
         # Spread reconnects so a restart does not become a stampede.
         retry = int(self._registry.settings.retry_ms * random.uniform(0.5, 1.5))
-        farewell = f": {reason}\nretry: {retry}\n\n".encode()
-        if self._raw is None:
-            yield farewell
-            return
-        import gevent
-
-        try:
-            # Bounded: a stalled client must not hold up a worker's shutdown.
-            with gevent.Timeout(1.0, _SendTimeout):
-                self._sock.sendall(_frame(farewell) + b"0\r\n\r\n" if self._chunked else farewell)
-        except (OSError, _SendTimeout):
-            self._shutdown_socket()
-            return
-        # The response is complete; close the connection so that the client
-        # reconnects on a new one (to a live worker) instead of reusing it.
-        self._shutdown_socket()
+        return f": {reason}\nretry: {retry}\n\n".encode()
 
     def _run_iterator(self) -> Iterator[bytes]:
         interval = self._registry.settings.heartbeat_interval
@@ -325,77 +359,109 @@ class Connection:
         with contextlib.suppress(OSError):  # not TCP: a unix socket behind a proxy
             self._raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def _run_direct(self) -> None:
+    def _serve(self, producer: Producer | None) -> str:
+        """Own the socket until the stream ends; return the reason.
+
+        One greenlet does all of it: drains the backlog when the fan-out found
+        the socket full, writes a heartbeat after an idle interval, enforces
+        the lifetime, and notices the client's EOF (a read watcher), so a
+        vanished client is released at once, not at the next heartbeat.
+        """
         import gevent
 
-        self._watcher = gevent.spawn(self._watch)
-        send_timeout = self._registry.settings.send_timeout
+        if producer is not None:
+            producer.start(self)
+        loop = gevent.get_hub().loop
+        settings = self._registry.settings
+        interval = settings.heartbeat_interval
         wake = self._wake
-        while self._close_reason not in _ABORT_REASONS:
-            if not (self._partial or self._pending):
+        reader = loop.io(self._raw.fileno(), 1)
+        reader.start(self._on_readable)
+        try:
+            while self._close_reason not in _ABORT_REASONS:
+                if self._partial or self._pending:
+                    self._flush(settings.send_timeout)
+                    continue
                 if self._close_reason is not None:
                     break  # a clean close, after what was queued before it
-                wake.wait()
-                wake.clear()
-            while (self._partial or self._pending) and self._close_reason not in _ABORT_REASONS:
-                self._busy = True
-                data = self._partial
-                self._partial = b""
-                payload = self._take()
-                if payload:
-                    data += _frame(payload) if self._chunked else payload
-                try:
-                    with gevent.Timeout(send_timeout, _SendTimeout):
-                        self._sock.sendall(data)
-                except _SendTimeout:
-                    self._registry.stats.slow += 1
-                    log.warning("dropping slow client %s: no progress in %s s", self, send_timeout)
-                    self.close("slow")
-                except OSError:
-                    self.close("client")
-                finally:
-                    self._busy = False
-                self._last_write = time.monotonic()
-
-    def _watch(self) -> None:
-        """Heartbeats when idle, the lifetime limit, and EOF from the client."""
-        import gevent
-        from gevent.hub import get_hub
-
-        hub = get_hub()
-        interval = self._registry.settings.heartbeat_interval
-        reader = hub.loop.io(self._raw.fileno(), 1)
-        watch_eof = True
-        try:
-            while self._close_reason is None:
                 now = time.monotonic()
                 if self._deadline is not None and now >= self._deadline:
                     self.close("lifetime")
-                    return
-                timeout = self._last_write + interval - now
-                if self._deadline is not None:
-                    timeout = min(timeout, self._deadline - now)
-                if timeout <= 0:
-                    if not self._busy and not self._pending:
-                        self._registry.stats.heartbeats += 1
-                        self._send(HEARTBEAT)
-                    else:
-                        self._last_write = now  # a write is under way
                     continue
-                if not watch_eof:
-                    gevent.sleep(timeout)
+                due = self._last_write + interval
+                if now >= due:
+                    self._registry.stats.heartbeats += 1
+                    self._send(HEARTBEAT)
                     continue
-                with gevent.Timeout(timeout, False):
-                    hub.wait(reader)
-                    watch_eof = self._check_eof()
+                delay = due - now if self._deadline is None else min(due, self._deadline) - now
+                timer = loop.timer(delay)
+                timer.start(wake.set)
+                try:
+                    wake.wait()
+                finally:
+                    timer.close()
+                wake.clear()
+                if self._readable:
+                    self._readable = False
+                    if not self._check_eof():
+                        reader.stop()
         finally:
             reader.close()
+        reason = self._close_reason or "server"
+        self._finish(reason)
+        return reason
+
+    def _on_readable(self) -> None:
+        self._readable = True
+        self._wake.set()
+
+    def _flush(self, send_timeout: float) -> None:
+        import gevent
+
+        self._busy = True
+        try:
+            data = self._partial
+            self._partial = b""
+            payload = self._take()
+            if payload:
+                data += _frame(payload) if self._chunked else payload
+            with gevent.Timeout(send_timeout, _SendTimeout):
+                self._sock.sendall(data)
+            self._last_write = time.monotonic()
+        except _SendTimeout:
+            self._registry.stats.slow += 1
+            log.warning("dropping slow client %s: no progress in %s s", self, send_timeout)
+            self.close("slow")
+        except OSError:
+            self.close("client")
+        finally:
+            self._busy = False
+
+    def _finish(self, reason: str) -> None:
+        """End the HTTP response ourselves and close the connection.
+
+        Closing (not keeping it alive) makes the client reconnect on a new
+        connection, which after a shutdown or a lifetime rotation reaches a
+        live, possibly different, worker.
+        """
+        if reason not in _ABORT_REASONS:
+            import gevent
+
+            tail = self._farewell(reason) if reason in ("shutdown", "lifetime") else b""
+            data = (_frame(tail) if tail else b"") + b"0\r\n\r\n" if self._chunked else tail
+            try:
+                # Bounded: a stalled client must not hold up a worker's shutdown.
+                with gevent.Timeout(1.0, _SendTimeout):
+                    self._sock.sendall(data)
+            except (OSError, _SendTimeout):
+                pass
+        self._shutdown_socket()
 
     def _check_eof(self) -> bool:
         """After the socket turned readable: close on EOF or reset.
 
-        :return: whether to keep watching for EOF. A client that sends bytes
-            (a pipelined request) is not watched any further, since the socket
+        :return: whether to keep watching. A client that sends bytes (a
+            pipelined request) is not watched any further, since the socket
             would stay readable; the heartbeat's write finds it if it leaves.
         """
         try:
@@ -408,6 +474,31 @@ class Connection:
         if not peeked:
             self.close("client")
         return False
+
+
+class _HandedOver(OSError):
+    """Raised to the server once the connection owns its socket.
+
+    An ``EPIPE``: gunicorn treats it as a client that went away after the
+    response began, logs the request, closes its own descriptor quietly and
+    frees its handler; the stream goes on through the duplicate.
+    """
+
+
+#: Streams that run in their own greenlet, for the shutdown at exit.
+_handed_over: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+def close_handed_over(timeout: float) -> None:
+    """End the streams that run in their own greenlets (at process exit)."""
+    import gevent
+
+    streams = list(_handed_over)
+    for connection in streams:
+        connection.close("shutdown")
+    deadline = time.monotonic() + timeout
+    while _handed_over and time.monotonic() < deadline:
+        gevent.sleep(0.05)
 
 
 class _SendTimeout(Exception):

@@ -153,6 +153,8 @@ def open_stream(
         client_key=client_key,
         sock=sock,
         chunked=environ.get("SERVER_PROTOCOL") != "HTTP/1.0",
+        # gunicorn's async workers let go of a request whose body raises EPIPE.
+        hand_over=sock is not None and "gunicorn.socket" in environ,
     )
     first = first_bytes(registry)
     iterable = body(connection, first) if body else connection.body(first)
