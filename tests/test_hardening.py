@@ -196,6 +196,13 @@ def test_the_per_client_cap(gunicorn) -> None:
     assert "too many open streams for this client" in response.text
 
 
+def test_the_per_client_cap_is_keyed_by_the_client_key_hook(gunicorn) -> None:
+    server = gunicorn(APP, env={"SSE_MAX_CONNECTIONS_PER_CLIENT": "1"})
+    assert RawStream(server.port, "/stream", {"X-Client": "u1"}).status == 200
+    assert RawStream(server.port, "/stream", {"X-Client": "u1"}).status == 503
+    assert RawStream(server.port, "/stream", {"X-Client": "u2"}).status == 200
+
+
 def test_max_stream_seconds_rotates_streams_and_resume_is_seamless(gunicorn) -> None:
     server = gunicorn(APP, env={"SSE_MAX_STREAM_SECONDS": "1", "SSE_HEARTBEAT_INTERVAL": "0.3"})
     stream = RawStream(server.port, "/stream?channel=a")

@@ -55,6 +55,11 @@ def _authorize(channel: str) -> bool:
     return True
 
 
+@sse.client_key
+def _client_key():
+    return request.headers.get("X-Client") or request.remote_addr
+
+
 @app.post("/control/publish")
 def publish():
     body = request.get_json()
