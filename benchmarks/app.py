@@ -9,6 +9,7 @@ prefix, that the load generator calls:
   publishing ``n`` numbered, timestamped events with :meth:`SSE.publish`
   (see :mod:`benchmarks.publisher` for ``rate`` and ``lead``);
 * ``POST /bench/progress?acked=SEQ``: every stream has received up to ``SEQ``;
+* ``POST /bench/stop`` ends the job after the event being published; its status;
 * ``GET /bench/stats``: pid, RSS, CPU time, the publisher's state, slow-client
   drops (from the ``client_disconnected`` signal) and ``sse.stats()``.
 """
@@ -60,6 +61,11 @@ def publish() -> ResponseReturnValue:
         lead=int(args.get("lead", 0)),
     )
     return jsonify(job)
+
+
+@app.post("/bench/stop")
+def stop() -> ResponseReturnValue:
+    return jsonify(publisher.finish())
 
 
 @app.post("/bench/progress")

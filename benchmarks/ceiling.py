@@ -13,7 +13,7 @@ write, so that the real server can be compared with both:
 
 Both drop a connection whose queue (backlog) passes ``--queue-size`` events,
 as the real server does. The control routes (``/bench/publish``,
-``/bench/progress``, ``/bench/stats``) behave as in ``benchmarks/app.py``, so
+``/bench/progress``, ``/bench/stop``, ``/bench/stats``) behave as in ``benchmarks/app.py``, so
 the load generator is the same for both servers.
 
 Run: ``python -m benchmarks.ceiling --port 8000 --mode send --heartbeat 15``.
@@ -127,6 +127,8 @@ class CeilingServer:
                 size=int(query.get("size", 64)),
                 lead=int(query.get("lead", 0)),
             )
+        if path == "/bench/stop":
+            return self.publisher.finish()
         if path == "/bench/progress":
             self.publisher.progress(int(query["acked"]))
             return {"acked": self.publisher.acked}

@@ -20,6 +20,7 @@ __all__ = [
     "proc_sample",
     "raise_nofile",
     "rss_bytes",
+    "run_delay",
     "taskset_prefix",
 ]
 
@@ -42,6 +43,27 @@ def cpu_seconds(pid: int) -> float:
     # The command name may contain spaces and parentheses: split after the last ")".
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def run_delay(pid: int) -> float:
+    """Seconds the threads of ``pid`` have spent runnable but waiting for a CPU.
+
+    From ``/proc/<pid>/task/*/schedstat`` (second field, nanoseconds): the
+    direct measure of how much other processes got in the way. ``nan`` when
+    the kernel does not keep scheduler statistics.
+    """
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return float("nan")
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat", encoding="ascii") as stat:
+                total += int(stat.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
 
 
 @dataclass(frozen=True)

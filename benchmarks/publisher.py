@@ -47,6 +47,7 @@ class Publisher:
         self._context = context
         self._progress = gevent.event.Event()
         self._job: gevent.Greenlet | None = None
+        self._finishing = False
         self.seq = 0
         self.acked = 0
         self.state = "idle"
@@ -64,6 +65,7 @@ class Publisher:
         self.state = "running"
         self.started_at = time.time()
         self.finished_at = 0.0
+        self._finishing = False
         self._job = gevent.spawn(self._run, n, rate, size, lead)
         return {"first": self.first, "last": self.last}
 
@@ -73,9 +75,22 @@ class Publisher:
             self._progress.set()
 
     def stop(self) -> None:
+        """Kill the running job, wherever it is."""
         if self._job is not None:
             self._job.kill(block=True, timeout=5)
             self._job = None
+
+    def finish(self) -> dict[str, Any]:
+        """End the running job between two events; its status (``seq``: the last one)."""
+        job = self._job
+        if job is not None:
+            self._finishing = True
+            self._progress.set()
+            job.join(timeout=5)
+            if not job.dead:
+                job.kill(block=True, timeout=5)
+            self._job = None
+        return self.status()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -102,6 +117,8 @@ class Publisher:
                         delay = begin + i / rate - time.monotonic()
                         if delay > 0:
                             gevent.sleep(delay)
+                    if self._finishing:
+                        break
                     publish(event_data(seq, size))
                     self.seq = seq
             self.state = "done"
@@ -116,9 +133,9 @@ class Publisher:
 
     def _wait_for_progress(self, needed: int) -> bool:
         deadline = time.monotonic() + STALL_SECONDS
-        while self.acked < needed:
+        while self.acked < needed and not self._finishing:
             self._progress.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._progress.wait(remaining):
-                return self.acked >= needed
+                return self.acked >= needed or self._finishing
         return True

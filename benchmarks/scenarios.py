@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from .client import SlowClient, StreamClient, control, stream_request
-from .procinfo import busy_fraction, cpu_sample, proc_sample
+from .procinfo import busy_fraction, cpu_sample, proc_sample, run_delay
 
 __all__ = ["SCENARIOS", "Session"]
 
@@ -33,6 +33,8 @@ class Meter:
         self.start = proc_sample(pid, time.time())
         self.cpus = cpu_sample()
         self.own = time.process_time()
+        self.server_waited = run_delay(pid)
+        self.own_waited = run_delay(os.getpid())
 
     def stop(self) -> dict[str, Any]:
         end = proc_sample(self.pid, time.time())
@@ -45,6 +47,9 @@ class Meter:
             "server_cpu_s": end.cpu - self.start.cpu,
             "server_cpu_pct": 100 * server,
             "loadgen_cpu_pct": 100 * loadgen,
+            # Time spent ready to run while another process had the CPU.
+            "server_wait_pct": 100 * (run_delay(self.pid) - self.server_waited) / wall,
+            "loadgen_wait_pct": 100 * (run_delay(os.getpid()) - self.own_waited) / wall,
             "rss_before": self.start.rss,
             "rss_after": end.rss,
         }
@@ -122,11 +127,13 @@ class Session:
         rate: float = 0.0,
         lead: int = 0,
         timeout: float = 60.0,
+        duration: float | None = None,
     ) -> dict[str, Any]:
         """Publish ``n`` events in the server and wait until every stream has them.
 
         While waiting, report the slowest stream's progress so that a ``lead``
-        bounded publisher can go on.
+        bounded publisher can go on. With ``duration``, stop the publisher after
+        that many seconds and wait for what it had published by then.
         """
         job = await control(
             self.port,
@@ -141,12 +148,17 @@ class Session:
         deadline = began + timeout
         checked_closed = began
         complete = False
+        stop_at = began + duration if duration is not None else math.inf
         while True:
             low = min((s.last_seq for s in streams), default=last)
             if low >= last:
                 complete = True
                 break
             now = time.monotonic()
+            if now >= stop_at:
+                stop_at = math.inf
+                last = int((await control(self.port, "POST", "/bench/stop"))["seq"])
+                continue
             if now > deadline:
                 self.warnings.append(
                     f"job {first}..{last} incomplete after {timeout} s (slowest at {low})"
@@ -276,6 +288,7 @@ async def fanout(port: int, spec: dict[str, Any]) -> dict[str, Any]:
     size: int = spec.get("size", 64)
     duration: float = spec.get("duration", 8.0)
     warmup: int = spec.get("warmup_events", 200)
+    ceiling: int = spec.get("max_events", 1_000_000)
     session = Session(port)
     stats = await session.stats()
     pid = int(stats["pid"])
@@ -283,22 +296,19 @@ async def fanout(port: int, spec: dict[str, Any]) -> dict[str, Any]:
     await session.warm_up()
     streams, failed, _ = await session.open_streams(count, "fanout")
     try:
-        # The first `lead` events go out at once; only what follows shows the pace.
-        warmup = max(warmup, 3 * lead)
-        warm = await session.run_job(streams, n=warmup, channel="fanout", size=size, lead=lead)
-        # Size the measured run from the warm-up's pace, to last about `duration`.
-        pace = (warmup - lead) / max(warm["elapsed"], 1e-3)
-        events = int(min(max(pace * duration, spec.get("min_events", 300)), 100_000))
-        if "events" in spec:
-            events = int(spec["events"])
+        await session.run_job(
+            streams, n=max(warmup, 2 * lead), channel="fanout", size=size, lead=lead
+        )
         for stream in streams:
             stream.reset_counts()
         meter = Meter(pid)
+        # Publish for `duration` seconds (at most `max_events`), then wait for the rest.
         job = await session.run_job(
-            streams, n=events, channel="fanout", size=size, lead=lead,
-            timeout=max(60.0, 4 * duration),
+            streams, n=ceiling, channel="fanout", size=size, lead=lead,
+            timeout=duration + 60, duration=duration,
         )  # fmt: skip
         measured = meter.stop()
+        events = job["last"] - job["first"] + 1
         deliveries = sum(s.events for s in streams)
         loss = _loss(streams, events)
     finally:
@@ -313,6 +323,9 @@ async def fanout(port: int, spec: dict[str, Any]) -> dict[str, Any]:
             "deliveries": deliveries,
             "deliveries_per_s": deliveries / wall,
             "cpu_us_per_delivery": 1e6 * measured["server_cpu_s"] / max(deliveries, 1),
+            # What one whole core would deliver at that cost: less sensitive
+            # than deliveries/s to CPU time taken by other processes.
+            "deliveries_per_cpu_s": deliveries / max(measured["server_cpu_s"], 1e-9),
             **loss,
             "meter": measured,
         },
