@@ -1,2 +1,2 @@
-curl -X POST http://localhost:8000/news -H 'Content-Type: application/json' -d '{"title": "Hello"}'
-curl -X POST http://localhost:8000/news -H 'Content-Type: application/json' -d '{"title": "World"}'
+curl --json '{"title": "Hello"}' http://localhost:8000/news
+curl --json '{"title": "World"}' http://localhost:8000/news
