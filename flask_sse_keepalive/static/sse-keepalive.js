@@ -409,6 +409,7 @@
       var doFetch = this._opts.fetch || fetch;
       var response;
       try {
+        // Inside the try: a throwing `headers` function counts as a failed attempt.
         response = await doFetch(this._requestURL(), {
           method: "GET",
           headers: this._requestHeaders(),
@@ -474,9 +475,10 @@
           self.retry = ms;
         },
       }, this._lastEventId);
-      var reader = response.body.getReader();
+      var reader = null;
       var first = true;
       try {
+        reader = response.body.getReader();
         for (;;) {
           var result = await reader.read();
           if (generation !== this._generation) return;
@@ -496,7 +498,7 @@
       } catch (error) {
         if (generation === this._generation) this._drop({ reason: "network", cause: error });
       } finally {
-        if (generation !== this._generation) {
+        if (reader && generation !== this._generation) {
           reader.cancel().catch(function () {});
         }
       }

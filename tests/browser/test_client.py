@@ -54,6 +54,7 @@ def test_watchdog_reconnects_a_silent_connection(page: Any, gunicorn: Any) -> No
         timeout=10,
         what="a second connection after the first went silent",
     )  # fmt: skip
+    wait_in_page(page, "log.events.length >= 2", 10, "the event of the second connection")
     log = page.evaluate("log")
     assert page.evaluate("client.heartbeatInterval") == 0.4
     watchdog = [error for error in log["errors"] if error["reason"] == "watchdog"]
@@ -203,3 +204,55 @@ def test_heartbeats_and_resume_across_server_ended_streams(page: Any, gunicorn: 
     assert stats["heartbeats"] >= 1
     assert stats["resets"] == 0
     assert page.evaluate("client.heartbeatInterval") == 0.3
+
+
+BACKOFF_IN_PAGE = """
+async () => {
+  const random = Math.random;
+  Math.random = () => 0.999;  // the top of each jitter range: the ceilings themselves
+  try {
+    const client = new SSEKeepalive("/never", {
+      retry: 100,
+      maxRetry: 400,
+      fetch: () => Promise.reject(new TypeError("Failed to fetch")),
+    });
+    const delays = [];
+    return await new Promise((resolve) => {
+      client.addEventListener("reconnecting", (e) => {
+        delays.push([e.attempt, e.delay, e.reason]);
+        if (delays.length === 5) { client.close(); resolve(delays); }
+      });
+    });
+  } finally {
+    Math.random = random;
+  }
+}
+"""
+
+
+def test_backoff_doubles_from_retry_up_to_the_cap(static_site: Any) -> None:
+    delays = static_site.page.evaluate(BACKOFF_IN_PAGE)
+    assert delays == [
+        [1, 100, "network"],
+        [2, 200, "network"],
+        [3, 400, "network"],
+        [4, 400, "network"],
+        [5, 400, "network"],
+    ]
+
+
+def test_connect_timeout_when_no_answer_comes(static_site: Any) -> None:
+    result = static_site.page.evaluate(
+        """async () => {
+          const client = new SSEKeepalive("/never", {
+            connectTimeout: 300, retry: 60000, fetch: () => new Promise(() => {}),
+          });
+          const started = Date.now();
+          return await new Promise((resolve) => client.addEventListener("error", (e) => {
+            client.close();
+            resolve({reason: e.reason, after: Date.now() - started});
+          }));
+        }"""
+    )
+    assert result["reason"] == "timeout"
+    assert result["after"] >= 250
