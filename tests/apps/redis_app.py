@@ -1,0 +1,37 @@
+"""A test app on the Redis broker: the stream blueprint and control routes.
+
+Settings come from ``SSE_*`` environment variables (``SSE_BROKER_URL`` names
+the test's redis-server), so that a test can start it under gunicorn, or
+import it in a publishing process, with its own configuration.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask, jsonify, request
+
+from flask_sse_keepalive import SSE
+
+app = Flask(__name__)
+for key, value in os.environ.items():
+    if key.startswith("SSE_"):
+        app.config[key] = value
+sse = SSE(app)
+
+
+@app.post("/control/publish")
+def publish():
+    body = request.get_json()
+    ids = [
+        sse.publish(
+            body.get("data"), event=body.get("event"), channel=body.get("channel", "default")
+        )
+        for _ in range(int(body.get("count", 1)))
+    ]
+    return jsonify(ids=ids)
+
+
+@app.get("/control/stats")
+def stats():
+    return jsonify(sse.stats())

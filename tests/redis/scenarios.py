@@ -1,0 +1,340 @@
+"""Broker-level scenarios, run in a gevent-patched subprocess.
+
+The test process is not patched (pytest runs plain), and the Redis broker
+delivers from greenlets, so each scenario runs as
+``python -m tests.redis.scenarios NAME REDIS_URL`` and prints one JSON line
+with what it observed; ``tests/redis/test_broker.py`` asserts on it.
+Subscribers here are plain recorders: they keep every delivery, duplicates
+included (a real connection would drop repeats, which would hide them).
+"""
+
+from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__" and sys.argv[1:2] != ["publish"]:
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import json
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable
+
+import gevent
+import redis
+
+from flask_sse_keepalive.brokers.base import BrokerUnavailable, Message, format_id
+from flask_sse_keepalive.brokers.redis import RedisBroker
+from flask_sse_keepalive.event import Event
+
+
+class Recorder:
+    """A subscriber that keeps everything it is given."""
+
+    def __init__(self, channels: list[str]) -> None:
+        self.channels = tuple(channels)
+        self.seqs: list[int] = []
+        self.messages: list[Message] = []
+        self.resets: list[dict] = []
+
+    def deliver(self, message: Message) -> None:
+        self.seqs.append(message.seq)
+        self.messages.append(message)
+
+    def reset(self, reason: str, position: str, seq: int) -> None:
+        self.resets.append({"reason": reason, "position": position, "after": len(self.seqs)})
+        self.seqs.append(-seq)  # a marker in the sequence: "reset to seq"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        gevent.sleep(0.01)
+
+
+def history(client: redis.Redis, channels: tuple[str, ...]) -> list[int]:
+    """Every seq on ``channels`` that Redis keeps, in order."""
+    seqs: set[int] = set()
+    for channel in channels:
+        for entry_id, _ in client.xrange(f"sse:stream:{channel}"):
+            seqs.add(int(entry_id.split(b"-")[0]))
+    return sorted(seqs)
+
+
+def current(client: redis.Redis) -> tuple[str, int]:
+    return client.get("sse:epoch").decode(), int(client.get("sse:seq") or 0)
+
+
+# -- scenarios ---------------------------------------------------------------
+
+
+def seam(url: str) -> dict:
+    """Subscribers attach, resume, detach and come back while another process
+    publishes as fast as it can: every one must see each event of its channels
+    after its resume point exactly once, in order."""
+    client = redis.Redis.from_url(url)
+    broker = RedisBroker(url, history_size=100_000)
+    broker.publish("ch0", Event(data="start"))
+    # Many channels, few subscribers each: channels often lose their last
+    # local subscriber and are subscribed again, racing the publishes.
+    channels = [f"ch{n}" for n in range(8)]
+    publisher = subprocess.Popen(
+        [sys.executable, "-m", "tests.redis.scenarios", "publish", url, "8000", ",".join(channels)]
+    )
+    rng = random.Random(7)
+    # Each logical subscriber: (channels, resume seq or None, its recorders in turn)
+    logical: list[dict] = []
+    try:
+        while publisher.poll() is None:
+            gevent.sleep(rng.uniform(0, 0.01))
+            epoch, seq = current(client)
+            active = [entry for entry in logical if not entry["left"]]
+            if active and rng.random() < 0.15:
+                # Leave for good.
+                entry = rng.choice(active)
+                broker.detach(entry["recorders"][-1])
+                entry["left"] = True
+                continue
+            if active and rng.random() < 0.3:
+                # Come back after a disconnect, from the last event received.
+                entry = rng.choice(active)
+                old = entry["recorders"][-1]
+                broker.detach(old)
+                broker.detach(old)  # idempotent
+                delivered = [s for r in entry["recorders"] for s in r.seqs if s > 0]
+                last = delivered[-1] if delivered else entry["after"]
+                recorder = Recorder(entry["channels"])
+                entry["recorders"].append(recorder)
+                broker.attach(recorder, None if last is None else format_id(epoch, last))
+                continue
+            chosen = rng.sample(channels, rng.randint(1, 2))
+            if rng.random() < 0.2:
+                after = None
+                resume = None
+            else:
+                after = rng.randint(max(1, seq - 300), seq)
+                resume = format_id(epoch, after)
+            recorder = Recorder(chosen)
+            logical.append(
+                {"channels": chosen, "after": after, "recorders": [recorder], "left": False}
+            )
+            broker.attach(recorder, resume)
+        assert publisher.returncode == 0, "the publishing process failed"
+        # A last event on every channel, which every subscriber must reach.
+        finals = {c: broker.publish(c, Event(data="end")).seq for c in channels}
+        final = max(finals.values())
+
+        def caught_up() -> bool:
+            return all(
+                entry["recorders"][-1].seqs[-1:] == [max(finals[c] for c in entry["channels"])]
+                for entry in logical
+                if not entry["left"]
+            )
+
+        wait_until(caught_up, 30, "every subscriber to reach the last event of its channels")
+    finally:
+        if publisher.poll() is None:
+            publisher.kill()
+            publisher.wait()
+    errors = []
+    for index, entry in enumerate(logical):
+        expected = history(client, tuple(entry["channels"]))
+        got = [s for r in entry["recorders"] for s in r.seqs]
+        if any(s < 0 for s in got):
+            errors.append(f"subscriber {index}: unexpected reset {entry['recorders']}")
+            continue
+        if entry["after"] is None:
+            # Live from wherever it joined: a contiguous tail of the history.
+            if got:
+                expected = expected[expected.index(got[0]) :]
+        else:
+            expected = [s for s in expected if s > entry["after"]]
+        if entry["left"]:
+            expected = expected[: len(got)]
+        if got != expected:
+            missing = sorted(set(expected) - set(got))[:10]
+            dups = len(got) - len(set(got))
+            errors.append(
+                f"subscriber {index} on {entry['channels']} after {entry['after']}: "
+                f"{len(got)} events, {len(expected)} expected, missing {missing}, "
+                f"{dups} duplicates, in order: {got == sorted(got)}"
+            )
+    broker.close()
+    return {
+        "subscribers": len(logical),
+        "reconnects": sum(len(e["recorders"]) - 1 for e in logical),
+        "events": final,
+        "errors": errors,
+    }
+
+
+def publish(url: str, count: str, channels: str) -> dict:
+    """A plain (unpatched) process publishing as fast as it can."""
+    broker = RedisBroker(url, history_size=100_000)
+    names = channels.split(",")
+    for n in range(int(count)):
+        broker.publish(names[n % len(names)], Event(data=str(n)))
+    return {"published": int(count)}
+
+
+def flush(url: str) -> dict:
+    """Redis loses everything while connected: each subscriber is told with a
+    ``broker-reset`` (at the first event of the new epoch on its channels),
+    never left to a silent gap, and is live again after it."""
+    client = redis.Redis.from_url(url)
+    broker = RedisBroker(url)
+    on_a, on_b = Recorder(["a"]), Recorder(["b"])
+    first = broker.publish("a", Event(data="1"))
+    broker.attach(on_a, first.id)
+    broker.attach(on_b, None)
+    wait_until(lambda: not broker._process.pending, 5, "both positioned")  # type: ignore[union-attr]
+    before = broker.publish("a", Event(data="2"))
+    wait_until(lambda: len(on_a.seqs) == 1, 5, "the event before the flush")
+    client.flushall()
+    new_epoch = broker.publish("a", Event(data="3"))
+    wait_until(lambda: bool(on_a.resets), 5, "a's reset")
+    live_a = broker.publish("a", Event(data="4"))
+    wait_until(lambda: live_a.seq in on_a.seqs, 5, "a's next event")
+    broker.publish("b", Event(data="5"))
+    wait_until(lambda: bool(on_b.resets), 5, "b's reset")
+    live_b = broker.publish("b", Event(data="6"))
+    wait_until(lambda: live_b.seq in on_b.seqs, 5, "b's next event")
+    broker.close()
+    return {
+        "old_epoch": before.id.rsplit("-", 1)[0],
+        "new_epoch": new_epoch.id.rsplit("-", 1)[0],
+        "a": on_a.seqs,
+        "a_resets": on_a.resets,
+        "b": on_b.seqs,
+        "b_resets": on_b.resets,
+        "before": before.seq,
+        "live_a": live_a.seq,
+        "live_b": live_b.seq,
+    }
+
+
+def subscriptions(url: str) -> dict:
+    """One pub/sub subscription per channel per process, only while it has
+    local subscribers; ``detach`` is idempotent."""
+    client = redis.Redis.from_url(url)
+    broker = RedisBroker(url)
+
+    def numsub() -> dict[str, int]:
+        pairs = client.pubsub_numsub("sse:live:x", "sse:live:y")
+        return {name.decode().rsplit(":", 1)[1]: count for name, count in pairs}
+
+    many = [Recorder(["x"]) for _ in range(50)]
+    both = Recorder(["x", "y"])
+    for recorder in [*many, both]:
+        broker.attach(recorder, None)
+    wait_until(lambda: numsub() == {"x": 1, "y": 1}, 5, "x and y subscribed")
+    observed = {"attached": numsub(), "counts": broker.subscriber_counts()}
+    gevent.sleep(0.2)
+    broker.publish("x", Event(data="hello"))
+    wait_until(lambda: all(r.seqs for r in [*many, both]), 5, "the event on x everywhere")
+    # One encoding per process: every subscriber got the very same payload object.
+    observed["shared_payload"] = len({id(r.messages[0].payload) for r in [*many, both]}) == 1
+    for recorder in many:
+        broker.detach(recorder)
+        broker.detach(recorder)
+    gevent.sleep(0.2)
+    observed["x_still_needed"] = numsub()
+    broker.detach(both)
+    wait_until(lambda: numsub() == {"x": 0, "y": 0}, 5, "x and y unsubscribed")
+    observed["detached"] = numsub()
+    observed["counts_after"] = broker.subscriber_counts()
+    names = [c["name"] for c in client.client_list() if c["name"].startswith("sse:")]
+    observed["connections"] = len(names)
+    observed["names"] = sorted(set(names))
+    observed["pid"] = os.getpid()
+    broker.close()
+    return observed
+
+
+def down(url: str) -> dict:
+    """Redis is not there yet: attach returns at once, publish fails in bounded
+    time; once Redis answers, replay and live delivery start by themselves."""
+    broker = RedisBroker(url)
+    live, resumer = Recorder(["a"]), Recorder(["a"])
+    started = time.monotonic()
+    broker.attach(live, None)
+    broker.attach(resumer, "f00d-5")
+    attach_seconds = time.monotonic() - started
+    started = time.monotonic()
+    try:
+        broker.publish("a", Event(data="x"))
+        raised = False
+    except BrokerUnavailable:
+        raised = True
+    publish_seconds = time.monotonic() - started
+    print("waiting-for-redis", flush=True)
+    # The test starts redis-server now; the broker's backoff finds it.
+    wait_until(lambda: bool(resumer.resets), 20, "the reset once Redis answers")
+    gevent.sleep(0.3)  # let the live subscriber's position settle too
+    wait_until(lambda: not broker._process.pending, 20, "every subscriber positioned")  # type: ignore[union-attr]
+    message = broker.publish("a", Event(data="y"))
+    wait_until(
+        lambda: message.seq in live.seqs and message.seq in resumer.seqs, 10, "live delivery"
+    )
+    broker.close()
+    return {
+        "attach_seconds": attach_seconds,
+        "publish_raised": raised,
+        "publish_seconds": publish_seconds,
+        "live": live.seqs,
+        "resumer": resumer.seqs,
+        "resumer_resets": resumer.resets,
+        "published_seq": message.seq,
+    }
+
+
+def fork(url: str) -> dict:
+    """A broker used before a fork starts afresh in the child (its own
+    connections and greenlets) and keeps working in the parent."""
+    broker = RedisBroker(url)
+    parent_sub = Recorder(["p"])
+    broker.attach(parent_sub, None)
+    broker.publish("p", Event(data="before"))
+    gevent.sleep(0.3)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read)
+        code = 1
+        try:
+            child_sub = Recorder(["c"])
+            broker.attach(child_sub, None)
+            gevent.sleep(0.3)
+            message = broker.publish("c", Event(data="child"))
+            wait_until(lambda: message.seq in child_sub.seqs, 5, "delivery in the child")
+            os.write(write, json.dumps({"child_pid": os.getpid(), "seqs": child_sub.seqs}).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child = json.loads(os.read(read, 65536) or b"{}")
+    message = broker.publish("p", Event(data="after"))
+    wait_until(lambda: message.seq in parent_sub.seqs, 5, "delivery in the parent after the fork")
+    broker.close()
+    return {"child_status": status, "child": child, "parent": parent_sub.seqs}
+
+
+SCENARIOS: dict[str, Callable[..., dict]] = {
+    "seam": seam,
+    "publish": publish,
+    "flush": flush,
+    "subscriptions": subscriptions,
+    "down": down,
+    "fork": fork,
+}
+
+if __name__ == "__main__":
+    name, *args = sys.argv[1:]
+    print(json.dumps(SCENARIOS[name](*args)), flush=True)

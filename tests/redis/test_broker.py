@@ -1,0 +1,156 @@
+"""The Redis broker on its own: publishing from a plain process, and the
+subscriber side in a gevent process (see ``scenarios.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from flask_sse_keepalive.brokers import BrokerUnavailable, create_broker
+from flask_sse_keepalive.brokers.base import parse_id
+from flask_sse_keepalive.brokers.redis import RedisBroker
+from flask_sse_keepalive.event import Event
+from tests.conftest import ROOT, Server, free_port
+
+from .conftest import run_scenario, scenario_command
+
+
+def test_publish_from_a_plain_process(redis_url: str) -> None:
+    broker = RedisBroker(redis_url, history_size=10, prefix="app1:")
+    try:
+        first = broker.publish("prices", Event(data="1.5", event="tick", retry=500))
+        second = broker.publish("news", Event(data="a\nb"))
+    finally:
+        broker.close()
+    epoch, seq = parse_id(first.id) or ("", 0)
+    assert (first.seq, second.seq) == (seq, seq + 1)
+    assert second.id == f"{epoch}-{seq + 1}"
+    assert first.payload == f"event: tick\ndata: 1.5\nid: {first.id}\nretry: 500\n\n".encode()
+    assert second.payload == f"data: a\ndata: b\nid: {second.id}\n\n".encode()
+    client = redis.Redis.from_url(redis_url)
+    # The key layout the docs describe; fields, not encoded bytes, are stored.
+    assert sorted(client.keys("app1:*")) == [
+        b"app1:epoch", b"app1:heads", b"app1:seq", b"app1:stream:news", b"app1:stream:prices",
+    ]  # fmt: skip
+    assert client.get("app1:epoch") == epoch.encode()
+    [(entry_id, fields)] = client.xrange("app1:stream:prices")
+    assert entry_id == f"{seq}-0".encode()
+    assert fields == {b"p": b"0", b"d": b"1.5", b"e": b"tick", b"r": b"500"}
+
+
+def test_epoch_survives_in_redis_across_brokers(redis_url: str) -> None:
+    one, two = RedisBroker(redis_url), RedisBroker(redis_url)
+    try:
+        ids = [one.publish("a", Event(data="1")).id, two.publish("b", Event(data="2")).id]
+    finally:
+        one.close()
+        two.close()
+    (epoch1, seq1), (epoch2, seq2) = (parse_id(i) for i in ids)  # type: ignore[misc]
+    assert epoch1 == epoch2 and seq2 == seq1 + 1
+
+
+def test_history_is_trimmed_but_keeps_at_least_history_size(redis_url: str) -> None:
+    broker = RedisBroker(redis_url, history_size=150)
+    try:
+        for n in range(600):
+            broker.publish("busy", Event(data=str(n)))
+    finally:
+        broker.close()
+    length = redis.Redis.from_url(redis_url).xlen("sse:stream:busy")
+    assert 150 <= length < 600
+
+
+def test_create_broker_reads_the_config(redis_url: str) -> None:
+    broker = create_broker(
+        {"SSE_BROKER_URL": redis_url, "SSE_HISTORY_SIZE": "5", "SSE_REDIS_PREFIX": "x:"}
+    )
+    assert isinstance(broker, RedisBroker)
+    assert (broker.history_size, broker.keys.epoch) == (5, "x:epoch")
+
+
+def test_publish_without_redis_raises_after_a_short_retry() -> None:
+    broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        broker.publish("a", Event(data="lost?"))
+    # Bounded: about a second of retrying, never a hang.
+    assert time.monotonic() - started < 5
+    broker.close()
+
+
+def test_resume_seam_while_another_process_publishes(redis_url: str) -> None:
+    result = run_scenario("seam", redis_url, timeout=120)
+    assert result["errors"] == []
+    assert result["subscribers"] >= 20 and result["reconnects"] >= 10, result
+
+
+def test_flushed_redis_resets_every_subscriber(redis_url: str) -> None:
+    result = run_scenario("flush", redis_url)
+    assert result["old_epoch"] != result["new_epoch"]
+    # a: the old event, then a reset into the new epoch, then live again
+    assert [r["reason"] for r in result["a_resets"]] == ["broker-reset"]
+    assert result["a_resets"][0]["position"].startswith(result["new_epoch"] + "-")
+    assert result["a"][0] == result["before"] and result["a"][-1] == result["live_a"]
+    assert [r["reason"] for r in result["b_resets"]] == ["broker-reset"]
+    assert result["b"][-1] == result["live_b"]
+
+
+def test_one_subscription_per_channel_while_needed(redis_url: str) -> None:
+    result = run_scenario("subscriptions", redis_url)
+    assert result["attached"] == {"x": 1, "y": 1}  # 51 subscribers on x, one SUBSCRIBE
+    assert result["counts"] == {"x": 51, "y": 1}
+    assert result["shared_payload"] is True
+    assert result["x_still_needed"] == {"x": 1, "y": 1}
+    assert result["detached"] == {"x": 0, "y": 0}
+    assert result["counts_after"] == {}
+    # pub/sub + control + one publishing connection, all named after the process
+    assert result["names"] == [f"sse:{result['pid']}"]
+    assert result["connections"] == 3
+
+
+def test_broker_created_before_a_fork_works_in_both(redis_url: str) -> None:
+    result = run_scenario("fork", redis_url)
+    assert result["child_status"] == 0
+    assert len(result["child"]["seqs"]) == 1 and len(result["parent"]) >= 1
+
+
+def test_streams_wait_for_redis_then_replay_and_go_live(
+    redis_server: Callable[..., Server],
+) -> None:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        scenario_command("down", f"redis://127.0.0.1:{port}/0"),
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            # The scenario's publish gives up after about a second.
+            assert selector.select(20), "the scenario did not get to wait for Redis in 20 s"
+        line = proc.stdout.readline()
+        assert line.strip() == b"waiting-for-redis", proc.stderr.read() if proc.stderr else b""
+        time.sleep(0.5)  # streams wait a while with Redis down
+        redis_server(port=port)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["attach_seconds"] < 0.1  # attach never waits for Redis
+    assert result["publish_raised"] is True
+    assert result["publish_seconds"] < 5
+    # the resumer's id is from no history Redis has: reset, then live
+    assert [r["reason"] for r in result["resumer_resets"]] == ["unknown-epoch"]
+    assert result["resumer"][-1] == result["published_seq"]
+    assert result["live"] == [result["published_seq"]]
