@@ -14,7 +14,9 @@ when the first entry after ``a`` has ``p <= a``. (``XINFO STREAM`` reports a
 
 from __future__ import annotations
 
-__all__ = ["PUBLISH", "RESUME"]
+import hashlib
+
+__all__ = ["PUBLISH", "PUBLISH_SHA", "RESUME", "RESUME_SHA"]
 
 _ENSURE_EPOCH = """
 local epoch = redis.call('GET', KEYS[1])
@@ -77,3 +79,6 @@ end
 return result
 """
 )
+
+PUBLISH_SHA = hashlib.sha1(PUBLISH.encode()).hexdigest()
+RESUME_SHA = hashlib.sha1(RESUME.encode()).hexdigest()

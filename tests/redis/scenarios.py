@@ -193,7 +193,7 @@ def flush(url: str) -> dict:
     first = broker.publish("a", Event(data="1"))
     broker.attach(on_a, first.id)
     broker.attach(on_b, None)
-    wait_until(lambda: not broker._process.pending, 5, "both positioned")  # type: ignore[union-attr]
+    wait_until(lambda: not broker._process.fanout.pending, 5, "both positioned")  # type: ignore[union-attr]
     before = broker.publish("a", Event(data="2"))
     wait_until(lambda: len(on_a.seqs) == 1, 5, "the event before the flush")
     client.flushall()
@@ -277,7 +277,7 @@ def down(url: str) -> dict:
     # The test starts redis-server now; the broker's backoff finds it.
     wait_until(lambda: bool(resumer.resets), 20, "the reset once Redis answers")
     gevent.sleep(0.3)  # let the live subscriber's position settle too
-    wait_until(lambda: not broker._process.pending, 20, "every subscriber positioned")  # type: ignore[union-attr]
+    wait_until(lambda: not broker._process.fanout.pending, 20, "every subscriber positioned")  # type: ignore[union-attr]
     message = broker.publish("a", Event(data="y"))
     wait_until(
         lambda: message.seq in live.seqs and message.seq in resumer.seqs, 10, "live delivery"

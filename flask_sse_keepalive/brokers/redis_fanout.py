@@ -1,0 +1,440 @@
+"""Live delivery for the Redis broker: one process's subscribers, one pub/sub
+connection, and the seam between replayed and live events.
+
+Two workers per process, started by the first subscriber:
+
+* the *listener* reads the pub/sub connection and hands each event, encoded
+  once, to every local subscriber of its channel (never blocking: a
+  subscriber's ``deliver`` only queues);
+* the *supervisor* owns the connections: it subscribes a channel while the
+  process has subscribers on it, positions new subscribers (replay or reset),
+  and after an outage reconnects with backoff and replays what each
+  subscriber missed.
+
+They are ``threading`` threads: under gevent's monkey-patching (gunicorn
+``-k gevent``) those are greenlets, in a plain process (the threaded
+development server) real threads. One lock guards the shared state; nothing
+done under it waits for I/O, so under gevent it is never contended.
+
+The seam: a subscriber's live events are *held* from the moment it attaches.
+Once its channels are subscribed (Redis confirmed it), one script reads where
+Redis stands and what the subscriber missed; the replay is delivered, then the
+held events newer than the replay, and the subscriber is live. An event
+published in between is in the replay, among the held events, or both (and
+then delivered once): never neither.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import random
+import secrets
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+from ..event import Event
+from .base import Message, Subscriber, format_id, parse_id
+from .redis_scripts import RESUME, RESUME_SHA
+
+if TYPE_CHECKING:
+    from .redis import Keys
+
+log = logging.getLogger("flask_sse_keepalive.redis")
+
+#: Reconnection backoff after an outage: full jitter, growing to this cap (s).
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 2.5
+#: An idle pub/sub connection is pinged this often; two unanswered pings end it.
+PING_INTERVAL = 15.0
+#: How long subscribing may take before the connection is deemed broken.
+SUBSCRIBE_TIMEOUT = 10.0
+
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+Group = tuple[tuple[str, ...], str, int, str]
+
+
+class _Lost(Exception):
+    """The pub/sub connection stopped working."""
+
+
+class _Record:
+    """A local subscriber and where it stands."""
+
+    __slots__ = ("channels", "epoch", "forced", "held", "last", "positioned", "subscriber")
+
+    def __init__(self, subscriber: Subscriber, last_event_id: str | None) -> None:
+        self.subscriber = subscriber
+        self.channels = tuple(dict.fromkeys(subscriber.channels))
+        #: live events held until the record is positioned; ``None`` once live
+        self.held: list[tuple[str, Message]] | None = []
+        #: the epoch and seq of the last event the subscriber has (or of its
+        #: resume point); epoch ``""``: "live from wherever Redis is now"
+        self.epoch = ""
+        self.last = 0
+        #: a reason to reset whatever Redis says (an id that does not parse)
+        self.forced = ""
+        #: after the first replay or reset, later replays are catch-ups
+        self.positioned = False
+        if last_event_id is not None:
+            parsed = parse_id(last_event_id)
+            if parsed is None:
+                self.forced = "unknown-id"
+            else:
+                self.epoch, self.last = parsed
+
+
+def decode_fields(flat: Sequence[Any]) -> dict[str, str]:
+    """``[b"d", b"x", b"e", b"t"]`` -> ``{"d": "x", "e": "t"}``."""
+    it = iter(flat)
+    return {
+        (k.decode() if isinstance(k, bytes) else str(k)): (
+            v.decode() if isinstance(v, bytes) else str(v)
+        )
+        for k, v in zip(it, it, strict=False)
+    }
+
+
+def encode(epoch: str, seq: int, channel: str, fields: Mapping[str, str]) -> Message:
+    """The message for stored fields (``d`` data, ``e`` event type, ``r`` retry)."""
+    event_id = format_id(epoch, seq)
+    retry = fields.get("r")
+    payload = Event(
+        data=fields.get("d"),
+        event=fields.get("e"),
+        id=event_id,
+        retry=int(retry) if retry is not None else None,
+    ).encode()
+    return Message(seq, event_id, channel, payload)
+
+
+class Fanout:
+    """The subscribers of one broker in one process, and their connections.
+
+    :param pool: the pool whose settings (URL, timeouts, client name) the
+        pub/sub connection copies.
+    :param control: a client of its own for subscribing and replay, so that
+        replay never waits behind the process's publishers.
+    """
+
+    def __init__(self, keys: Keys, pool: Any, control: redis.Redis) -> None:
+        self.keys = keys
+        self.pool = pool
+        self.control = control
+        self.lock = threading.RLock()
+        self.records: dict[int, _Record] = {}
+        self.by_channel: dict[str, tuple[_Record, ...]] = {}
+        #: records waiting to be positioned (by the supervisor)
+        self.pending: dict[int, _Record] = {}
+        #: the set of channels differs from what the pub/sub connection has
+        self.dirty = False
+        self.subscribed: set[str] = set()
+        self.outstanding = 0
+        self.unanswered_pings = 0
+        self.pubsub: Any = None
+        self.listener: threading.Thread | None = None
+        self.supervisor: threading.Thread | None = None
+        self.wake = threading.Event()
+        self.acked = threading.Event()
+        self.stopped = threading.Event()
+        self.served = False
+
+    # -- what the broker calls ----------------------------------------------
+
+    def attach(self, subscriber: Subscriber, last_event_id: str | None) -> None:
+        record = _Record(subscriber, last_event_id)
+        key = id(subscriber)
+        with self.lock:
+            if key in self.records:
+                self.detach(subscriber)
+            self.records[key] = record
+            for channel in record.channels:
+                if channel not in self.by_channel:
+                    self.dirty = True
+                self.by_channel[channel] = (*self.by_channel.get(channel, ()), record)
+            self.pending[key] = record
+            if self.supervisor is None or not self.supervisor.is_alive():
+                self.supervisor = threading.Thread(
+                    target=self._supervise, name="sse-redis-supervisor", daemon=True
+                )
+                self.supervisor.start()
+        self.wake.set()
+
+    def detach(self, subscriber: Subscriber) -> None:
+        key = id(subscriber)
+        with self.lock:
+            record = self.records.pop(key, None)
+            if record is None:
+                return
+            self.pending.pop(key, None)
+            for channel in record.channels:
+                left = tuple(r for r in self.by_channel.get(channel, ()) if r is not record)
+                if left:
+                    self.by_channel[channel] = left
+                else:
+                    self.by_channel.pop(channel, None)
+                    self.dirty = True
+        if self.dirty:
+            self.wake.set()
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            return {channel: len(records) for channel, records in self.by_channel.items()}
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.wake.set()
+        self._stop_listener()
+        supervisor, self.supervisor = self.supervisor, None
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(timeout=2)
+
+    # -- the listener ---------------------------------------------------------
+
+    def _listen(self, connection: Any) -> None:
+        live_prefix = len(self.keys.live("").encode())
+        try:
+            while True:
+                reply = connection.read_response()
+                if not isinstance(reply, list):
+                    if reply == b"PONG":
+                        self.unanswered_pings = 0
+                    continue
+                kind = reply[0]
+                if kind == b"message":
+                    try:
+                        self._on_message(reply[1][live_prefix:].decode(), reply[2])
+                    except Exception:
+                        # One bad message must not stop delivery to everyone.
+                        log.exception("could not deliver a message from Redis: %r", reply[2][:200])
+                elif kind in (b"subscribe", b"unsubscribe"):
+                    self.outstanding -= 1
+                    if self.outstanding <= 0:
+                        self.acked.set()
+                elif kind == b"pong":
+                    self.unanswered_pings = 0
+        except Exception as exc:
+            # Closed under it (reconnect, close) or Redis went away: either
+            # way the supervisor takes over.
+            log.debug("Redis pub/sub connection closed: %r", exc)
+        finally:
+            self.acked.set()  # nothing more will be confirmed on this connection
+            self.wake.set()
+
+    def _on_message(self, channel: str, body: bytes) -> None:
+        epoch_b, seq_b, flat = body.split(b"\n", 2)
+        epoch, seq = epoch_b.decode(), int(seq_b)
+        message: Message | None = None
+        with self.lock:
+            records = self.by_channel.get(channel)
+            if not records:
+                return  # being unsubscribed: the channel's last subscriber left
+            message = encode(epoch, seq, channel, decode_fields(json.loads(flat)))
+            for record in records:
+                if record.held is not None:
+                    record.held.append((epoch, message))
+                elif record.epoch != epoch:
+                    # Redis lost its data (flushed) without dropping the
+                    # connection: find out where things stand first.
+                    record.held = [(epoch, message)]
+                    self.pending[id(record.subscriber)] = record
+                    self.wake.set()
+                elif seq > record.last:
+                    record.subscriber.deliver(message)
+                    record.last = seq
+
+    # -- the supervisor -------------------------------------------------------
+
+    def _supervise(self) -> None:
+        failures = 0
+        while not self.stopped.is_set():
+            self.served = False
+            try:
+                self._connect()
+                if failures > 1:
+                    log.info("Redis pub/sub connection is back after %d attempts", failures)
+                self._serve()
+            except (*CONNECTION_ERRORS, redis.ResponseError, _Lost) as exc:
+                if self.stopped.is_set():
+                    return
+                # Said once per outage; the retries are debug noise.
+                level = logging.WARNING if failures == 0 or self.served else logging.DEBUG
+                log.log(level, "Redis pub/sub connection lost (%s); reconnecting", exc)
+            finally:
+                self._disconnect()
+            # A connection that worked starts the backoff over.
+            failures = 1 if self.served else failures + 1
+            self.stopped.wait(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**failures)))
+
+    def _connect(self) -> None:
+        kwargs = {**self.pool.connection_kwargs, "socket_timeout": None}
+        connection = self.pool.connection_class(**kwargs)
+        self.pubsub = connection
+        connection.connect()
+        self.subscribed = set()
+        self.outstanding = 0
+        self.unanswered_pings = 0
+        self.acked.set()
+        self.dirty = True
+        self.listener = threading.Thread(
+            target=self._listen, args=(connection,), name="sse-redis-listener", daemon=True
+        )
+        self.listener.start()
+
+    def _stop_listener(self) -> None:
+        listener, self.listener = self.listener, None
+        connection, self.pubsub = self.pubsub, None
+        if connection is not None:
+            connection.disconnect()  # the listener's read fails, and it returns
+        if listener is not None and listener is not threading.current_thread():
+            listener.join(timeout=2)
+
+    def _disconnect(self) -> None:
+        self._stop_listener()
+        with self.lock:
+            # What came after each live subscriber's last event is read back
+            # from the streams once Redis answers again.
+            for key, record in self.records.items():
+                if record.held is None:
+                    record.held = []
+                    self.pending[key] = record
+
+    def _serve(self) -> None:
+        """Subscribe and position subscribers until the connection breaks."""
+        while not self.stopped.is_set():
+            if self.listener is None or not self.listener.is_alive():
+                raise _Lost("the pub/sub connection closed")
+            self.wake.clear()
+            if self.pending or self.dirty:
+                self._work()
+                self.served = True
+                continue
+            if not self.wake.wait(PING_INTERVAL):
+                if self.unanswered_pings >= 2:
+                    raise _Lost("no answer to PING")
+                self.unanswered_pings += 1
+                self.pubsub.send_command("PING")
+
+    def _work(self) -> None:
+        # Taken before subscribing, so that each of these records has its
+        # channels subscribed before its history is read.
+        with self.lock:
+            batch = list(self.pending.items())
+        self._sync_subscriptions()
+        if not batch:
+            return
+        # Records at the same place on the same channels share one read
+        # (after an outage, that is most of them).
+        groups: dict[Group, list[tuple[int, _Record]]] = {}
+        for key, record in batch:
+            group = (record.channels, record.epoch, record.last, record.forced)
+            groups.setdefault(group, []).append((key, record))
+        replies = self._resume(list(groups))
+        cache: dict[int, Message] = {}
+        for (group, members), reply in zip(groups.items(), replies, strict=True):
+            epoch, seq, status = reply[0].decode(), int(reply[1]), reply[2].decode()
+            replay = self._replay(group[0], epoch, reply[3:], cache) if len(reply) > 3 else []
+            with self.lock:
+                for key, record in members:
+                    if self.pending.get(key) is record:  # not detached meanwhile
+                        del self.pending[key]
+                        self._position(record, epoch, seq, status, replay)
+
+    def _sync_subscriptions(self) -> None:
+        with self.lock:
+            self.dirty = False
+            wanted = set(self.by_channel)
+        gone = self.subscribed - wanted
+        new = wanted - self.subscribed
+        live = self.keys.live
+        if gone:
+            self.subscribed -= gone
+            self.outstanding += len(gone)
+            self.acked.clear()
+            self.pubsub.send_command("UNSUBSCRIBE", *[live(c) for c in gone])
+        if new:
+            self.subscribed |= new
+            self.outstanding += len(new)
+            self.acked.clear()
+            self.pubsub.send_command("SUBSCRIBE", *[live(c) for c in new])
+        if self.outstanding > 0 and not self.acked.wait(SUBSCRIBE_TIMEOUT):
+            raise _Lost("Redis did not confirm the subscriptions")
+        if self.listener is None or not self.listener.is_alive():
+            raise _Lost("the pub/sub connection closed")
+
+    def _resume(self, groups: list[Group], reload: bool = True) -> list[Any]:
+        """Run the resume script for each group, in one round trip."""
+        keys = self.keys
+        pipe: Any = self.control.pipeline(transaction=False)
+        for channels, epoch, last, forced in groups:
+            pipe.execute_command(
+                "EVALSHA", RESUME_SHA, 3 + len(channels),
+                keys.epoch, keys.seq, keys.heads, *[keys.stream(c) for c in channels],
+                secrets.token_hex(6), epoch, last, forced,
+            )  # fmt: skip
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        if reload and any(isinstance(reply, NoScriptError) for reply in replies):
+            # Redis restarted, or its script cache was flushed.
+            self.control.script_load(RESUME)
+            return self._resume(groups, reload=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    @staticmethod
+    def _replay(
+        channels: Sequence[str], epoch: str, per_channel: Sequence[Any], cache: dict[int, Message]
+    ) -> list[Message]:
+        """The entries of each channel as messages, merged in seq order."""
+        lists = []
+        for channel, entries in zip(channels, per_channel, strict=True):
+            messages = []
+            for entry_id, flat in entries:
+                seq = int(entry_id.split(b"-", 1)[0])
+                message = cache.get(seq)
+                if message is None:  # each event encoded once per batch
+                    message = cache[seq] = encode(epoch, seq, channel, decode_fields(flat))
+                messages.append(message)
+            lists.append(messages)
+        return list(heapq.merge(*lists)) if len(lists) > 1 else (lists[0] if lists else [])
+
+    def _position(
+        self, record: _Record, epoch: str, seq: int, status: str, replay: list[Message]
+    ) -> None:
+        """Deliver a record's replay (or reset), then what was held; go live.
+
+        Called with the lock held.
+        """
+        subscriber = record.subscriber
+        if status:
+            if record.positioned and status in ("unknown-epoch", "ahead"):
+                status = "broker-reset"  # Redis came back empty, or behind
+            subscriber.reset(status, format_id(epoch, seq), seq)
+            record.last = seq
+        elif not record.epoch:
+            record.last = seq  # a new stream: live from here
+        else:
+            for message in replay:
+                subscriber.deliver(message)
+            record.last = max(record.last, seq)
+        record.epoch = epoch
+        record.forced = ""
+        record.positioned = True
+        held, record.held = record.held or [], None
+        for index, (held_epoch, message) in enumerate(held):
+            if held_epoch != epoch:
+                # The epoch changed again after the replay was read.
+                record.held = held[index:]
+                self.pending[id(subscriber)] = record
+                self.wake.set()
+                return
+            if message.seq > record.last:
+                subscriber.deliver(message)
+                record.last = message.seq
