@@ -136,7 +136,11 @@ def run_one(run: Run, server: str, queue_size: int, log_dir: Path) -> dict[str, 
         started.stop()
     log = started.log()
     if "Traceback" in log:
-        result["warnings"].append(f"server log has tracebacks ({started.log_path})")
+        # The log lives in a temporary directory: keep the last traceback.
+        last = log[log.rindex("Traceback") :]
+        result["server_log"] = last[:4000]
+        error = [line for line in last.splitlines() if line and not line[0].isspace()]
+        result["warnings"].append(f"server log has tracebacks, the last: {error[-1][:300]}")
     result.update(server=server, label=run.label, seconds=time.time() - began)
     return result
 
