@@ -57,7 +57,8 @@ SUBSCRIBE_TIMEOUT = 10.0
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
-Group = tuple[tuple[str, ...], str, int, str]
+#: records that share one read: channels, epoch, seq, forced reason, catch-up
+Group = tuple[tuple[str, ...], str, int, str, bool]
 
 
 class _Lost(Exception):
@@ -253,19 +254,22 @@ class Fanout:
 
     def _supervise(self) -> None:
         failures = 0
+        lost = False  # an outage was reported and is not over yet
         while not self.stopped.is_set():
             self.served = False
             try:
                 self._connect()
-                if failures > 1:
+                if lost:
                     log.info("Redis pub/sub connection is back after %d attempts", failures)
+                    lost = False
                 self._serve()
             except (*CONNECTION_ERRORS, redis.ResponseError, _Lost) as exc:
                 if self.stopped.is_set():
                     return
                 # Said once per outage; the retries are debug noise.
-                level = logging.WARNING if failures == 0 or self.served else logging.DEBUG
+                level = logging.DEBUG if lost else logging.WARNING
                 log.log(level, "Redis pub/sub connection lost (%s); reconnecting", exc)
+                lost = True
             finally:
                 self._disconnect()
             # A connection that worked starts the backoff over.
@@ -333,7 +337,9 @@ class Fanout:
         # (after an outage, that is most of them).
         groups: dict[Group, list[tuple[int, _Record]]] = {}
         for key, record in batch:
-            group = (record.channels, record.epoch, record.last, record.forced)
+            group = (
+                record.channels, record.epoch, record.last, record.forced, record.positioned
+            )  # fmt: skip
             groups.setdefault(group, []).append((key, record))
         replies = self._resume(list(groups))
         cache: dict[int, Message] = {}
@@ -372,11 +378,11 @@ class Fanout:
         """Run the resume script for each group, in one round trip."""
         keys = self.keys
         pipe: Any = self.control.pipeline(transaction=False)
-        for channels, epoch, last, forced in groups:
+        for channels, epoch, last, forced, catch_up in groups:
             pipe.execute_command(
                 "EVALSHA", RESUME_SHA, 3 + len(channels),
                 keys.epoch, keys.seq, keys.heads, *[keys.stream(c) for c in channels],
-                secrets.token_hex(6), epoch, last, forced,
+                secrets.token_hex(6), epoch, last, forced, "1" if catch_up else "",
             )  # fmt: skip
         replies: list[Any] = pipe.execute(raise_on_error=False)
         if reload and any(isinstance(reply, NoScriptError) for reply in replies):

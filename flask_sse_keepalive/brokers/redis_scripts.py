@@ -55,7 +55,8 @@ return {epoch, seq}
 
 #: KEYS: epoch, seq, heads, then the streams of the subscriber's channels.
 #: ARGV: a new epoch should none exist, the client's epoch ('' to go live
-#: without replay), the client's seq, a reason to reset for ('' for none).
+#: without replay), the client's seq, a reason to reset for ('' for none),
+#: '1' if the position was delivered by this broker (a catch-up) else ''.
 #: Returns ``{epoch, seq, status, entries of stream 1, entries of stream 2, ...}``
 #: where status is '' (entries follow) or why the stream must be reset.
 RESUME = (
@@ -66,7 +67,17 @@ if ARGV[4] ~= '' then return {epoch, seq, ARGV[4]} end
 if ARGV[2] == '' then return {epoch, seq, ''} end
 if ARGV[2] ~= epoch then return {epoch, seq, 'unknown-epoch'} end
 local after = tonumber(ARGV[3])
-if after > seq then return {epoch, seq, 'ahead'} end
+if after > seq then
+  if ARGV[5] == '1' then
+    -- Redis came back behind ids it had handed out (an old snapshot, a
+    -- lagging replica): those ids would be handed out again for other
+    -- events. A new epoch makes every id from before unknown instead.
+    epoch = ARGV[1]
+    redis.call('SET', KEYS[1], epoch)
+    redis.call('DEL', KEYS[3])
+  end
+  return {epoch, seq, 'ahead'}
+end
 local result = {epoch, seq, ''}
 for i = 4, #KEYS do
   local entries = redis.call('XRANGE', KEYS[i], '(' .. ARGV[3] .. '-0', '+')

@@ -219,6 +219,31 @@ def flush(url: str) -> dict:
     }
 
 
+def rollback(url: str) -> dict:
+    """Redis comes back behind ids it handed out (as from an old snapshot):
+    the broker notices on catch-up and starts a new epoch, so that no id is
+    handed out twice; its subscribers get ``broker-reset``."""
+    client = redis.Redis.from_url(url)
+    broker = RedisBroker(url)
+    recorder = Recorder(["a"])
+    broker.attach(recorder, None)
+    wait_until(lambda: not broker._process.fanout.pending, 5, "the subscriber positioned")  # type: ignore[union-attr]
+    sent = [broker.publish("a", Event(data=str(n))) for n in range(10)]
+    wait_until(lambda: recorder.seqs[-1:] == [sent[-1].seq], 5, "the 10 events")
+    client.set("sse:seq", sent[4].seq)  # five ids forgotten, as after a crash
+    client.client_kill_filter(_type="pubsub")  # and the connection dropped
+    wait_until(lambda: bool(recorder.resets), 10, "the reset after reconnecting")
+    after = broker.publish("a", Event(data="next"))
+    wait_until(lambda: recorder.seqs[-1:] == [after.seq], 5, "the next event")
+    broker.close()
+    return {
+        "old_epoch": sent[0].id.rsplit("-", 1)[0],
+        "next_id": after.id,
+        "resets": recorder.resets,
+        "seqs": recorder.seqs,
+    }
+
+
 def subscriptions(url: str) -> dict:
     """One pub/sub subscription per channel per process, only while it has
     local subscribers; ``detach`` is idempotent."""
@@ -331,6 +356,7 @@ SCENARIOS: dict[str, Callable[..., dict]] = {
     "publish": publish,
     "flush": flush,
     "subscriptions": subscriptions,
+    "rollback": rollback,
     "down": down,
     "fork": fork,
 }

@@ -102,6 +102,16 @@ def test_flushed_redis_resets_every_subscriber(redis_url: str) -> None:
     assert result["b"][-1] == result["live_b"]
 
 
+def test_redis_behind_its_own_ids_starts_a_new_epoch(redis_url: str) -> None:
+    result = run_scenario("rollback", redis_url)
+    [reset] = result["resets"]
+    assert reset["reason"] == "broker-reset"
+    new_epoch = reset["position"].rsplit("-", 1)[0]
+    assert new_epoch != result["old_epoch"]
+    # Publishing goes on in the new epoch: no old id is handed out again.
+    assert result["next_id"].startswith(new_epoch + "-")
+
+
 def test_one_subscription_per_channel_while_needed(redis_url: str) -> None:
     result = run_scenario("subscriptions", redis_url)
     assert result["attached"] == {"x": 1, "y": 1}  # 51 subscribers on x, one SUBSCRIBE
