@@ -36,7 +36,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .event import Event
 
@@ -75,6 +75,7 @@ class Connection:
         "_close_reason",
         "_deadline",
         "_hand_over",
+        "_heartbeat",
         "_last_seq",
         "_last_write",
         "_live",
@@ -121,8 +122,11 @@ class Connection:
         self._partial = b""
         self._busy = False
         self._live = False
-        self._wake = threading.Event()
+        # Wakes the writer: a thread-safe event for the iterator, replaced by
+        # a _Waker (a direct greenlet switch) while _serve owns the socket.
+        self._wake: threading.Event | _Waker = threading.Event()
         self._readable = False
+        self._heartbeat: Any = None
         # gunicorn's own handler can let go of the connection (see body()).
         self._hand_over = hand_over
         self._last_seq = -1
@@ -327,7 +331,7 @@ class Connection:
 
     def _run_iterator(self) -> Iterator[bytes]:
         interval = self._registry.settings.heartbeat_interval
-        wake = self._wake
+        wake = cast(threading.Event, self._wake)
         while self._close_reason not in _ABORT_REASONS:
             now = time.monotonic()
             due = self._last_write + interval
@@ -362,54 +366,75 @@ class Connection:
     def _serve(self, producer: Producer | None) -> str:
         """Own the socket until the stream ends; return the reason.
 
-        One greenlet does all of it: drains the backlog when the fan-out found
-        the socket full, writes a heartbeat after an idle interval, enforces
-        the lifetime, and notices the client's EOF (a read watcher), so a
-        vanished client is released at once, not at the next heartbeat.
+        This greenlet owns the connection: it arms the heartbeat timer,
+        drains the backlog when the fan-out found the socket full, notices the
+        client's EOF (a read watcher, so a vanished client is released at
+        once, not at the next heartbeat) and ends the stream. On a healthy
+        line it does not even wake for a heartbeat: the timer's callback
+        writes it without blocking, the way the fan-out writes events, and
+        wakes the greenlet only if the socket is full. A greenlet switch per
+        heartbeat would cost more than the write itself.
         """
         import gevent
+        from gevent.hub import Waiter
 
+        hub = gevent.get_hub()
+        loop = hub.loop
+        waiter: Any = Waiter(hub)
+        self._wake = _Waker(waiter, loop)
         if producer is not None:
             producer.start(self)
-        loop = gevent.get_hub().loop
-        settings = self._registry.settings
-        interval = settings.heartbeat_interval
-        wake = self._wake
+        send_timeout = self._registry.settings.send_timeout
         reader = loop.io(self._raw.fileno(), 1)
         reader.start(self._on_readable)
+        self._arm_heartbeat(loop, self._registry.settings.heartbeat_interval)
+        lifetime = None
+        if self._deadline is not None:
+            lifetime = loop.timer(max(0.0, self._deadline - time.monotonic()))
+            lifetime.start(self.close, "lifetime")
         try:
             while self._close_reason not in _ABORT_REASONS:
                 if self._partial or self._pending:
-                    self._flush(settings.send_timeout)
+                    self._flush(send_timeout)
                     continue
                 if self._close_reason is not None:
                     break  # a clean close, after what was queued before it
-                now = time.monotonic()
-                if self._deadline is not None and now >= self._deadline:
-                    self.close("lifetime")
-                    continue
-                due = self._last_write + interval
-                if now >= due:
-                    self._registry.stats.heartbeats += 1
-                    self._send(HEARTBEAT)
-                    continue
-                delay = due - now if self._deadline is None else min(due, self._deadline) - now
-                timer = loop.timer(delay)
-                timer.start(wake.set)
                 try:
-                    wake.wait()
+                    waiter.get()
                 finally:
-                    timer.close()
-                wake.clear()
+                    waiter.clear()
                 if self._readable:
                     self._readable = False
                     if not self._check_eof():
                         reader.stop()
         finally:
             reader.close()
+            self._heartbeat.close()
+            if lifetime is not None:
+                lifetime.close()
         reason = self._close_reason or "server"
         self._finish(reason)
         return reason
+
+    def _arm_heartbeat(self, loop: Any, delay: float) -> None:
+        self._heartbeat = timer = loop.timer(delay)
+        timer.start(self._beat, loop)
+
+    def _beat(self, loop: Any) -> None:
+        """The heartbeat timer's callback (in the hub): write if the line is idle."""
+        self._heartbeat.close()
+        if self._close_reason is not None:
+            return
+        interval = self._registry.settings.heartbeat_interval
+        silent = time.monotonic() - self._last_write
+        # A timer may fire a hair before the clock reaches its due time;
+        # without the slack that would cost a second wake-up.
+        if silent >= interval * 0.99:
+            if not (self._busy or self._pending or self._partial):
+                self._registry.stats.heartbeats += 1
+                self._send(HEARTBEAT)
+            silent = 0.0
+        self._arm_heartbeat(loop, interval - silent)
 
     def _on_readable(self) -> None:
         self._readable = True
@@ -474,6 +499,31 @@ class Connection:
         if not peeked:
             self.close("client")
         return False
+
+
+class _Waker:
+    """Wakes the greenlet parked in :meth:`Connection._serve`, from anywhere.
+
+    Cheaper than an event: one callback in the hub that switches straight to
+    the parked greenlet (through a :class:`gevent.hub.Waiter`, which keeps
+    the value if the greenlet is busy elsewhere, e.g. in a blocking write).
+    """
+
+    __slots__ = ("_loop", "_scheduled", "_waiter")
+
+    def __init__(self, waiter: Any, loop: Any) -> None:
+        self._waiter = waiter
+        self._loop = loop
+        self._scheduled = False
+
+    def set(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.run_callback(self._fire)
+
+    def _fire(self) -> None:
+        self._scheduled = False
+        self._waiter.switch(None)
 
 
 class _HandedOver(OSError):
