@@ -59,6 +59,20 @@ def _frame(payload: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
+#: The last payload framed and its frame: a fan-out hands the same payload
+#: object to every subscriber in turn, so it is framed once, not per stream.
+_framed: tuple[bytes, bytes] = (b"", _frame(b""))
+
+
+def _frame_shared(payload: bytes) -> bytes:
+    global _framed
+    last, frame = _framed
+    if payload is not last:
+        frame = _frame(payload)
+        _framed = (payload, frame)
+    return frame
+
+
 class Connection:
     """One open stream. Created per request by the stream view or ``@sse_stream``.
 
@@ -192,7 +206,7 @@ class Connection:
             and not self._pending
             and not self._partial
         ):
-            data = _frame(payload) if self._chunked else payload
+            data = _frame_shared(payload) if self._chunked else payload
             try:
                 sent = self._raw.send(data)
             except BlockingIOError:
