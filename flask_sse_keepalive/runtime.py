@@ -47,15 +47,18 @@ def is_dev_server(environ: dict[str, Any]) -> bool:
 def client_socket(environ: dict[str, Any]) -> Any:
     """The gevent client socket of an HTTP/1.x request, or ``None``.
 
-    gunicorn puts it in ``environ["gunicorn.socket"]``; gevent's ``WSGIServer``
-    keeps it on its ``wsgi.input``. TLS sockets are left alone (a raw write
-    would bypass the encryption), and so is HTTP/2, whose streams share a socket.
+    gunicorn's ``-k gevent`` puts it in ``environ["gunicorn.socket"]`` and its
+    ``-k gevent_pywsgi`` in ``environ["gunicorn.sock"]``; gevent's own
+    ``WSGIServer`` reads the request from a file made on it. TLS sockets are
+    left alone (a raw write would bypass the encryption), and so is HTTP/2,
+    whose streams share a socket.
     """
-    sock = environ.get("gunicorn.socket")
+    sock = environ.get("gunicorn.socket") or environ.get("gunicorn.sock")
     if sock is None:
         stream = environ.get("wsgi.input")
         if type(stream).__module__ == "gevent.pywsgi":
-            sock = getattr(stream, "socket", None)
+            raw = getattr(getattr(stream, "rfile", None), "raw", None)
+            sock = getattr(raw, "_sock", None)
     if sock is None or not gevent_patched():
         return None
     if hasattr(sock, "_sslobj") or not hasattr(sock, "_sock"):
