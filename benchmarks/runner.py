@@ -333,6 +333,12 @@ def warnings(results: list[dict[str, Any]]) -> list[str]:
                 f"{where}: the server used only {meter['server_cpu_pct']:.0f}% of its CPU, so"
                 " deliveries/s is not its ceiling; deliveries/CPU-s is"
             )
+        for step in result.get("metrics", {}).get("steps", []):
+            if step["ramp_loadgen_cpu_pct"] > 100 * SATURATED:
+                out.append(
+                    f"{where}: ramp to {step['streams']}: the generator used"
+                    f" {step['ramp_loadgen_cpu_pct']:.0f}% of its CPU, so the ramp rate is its own"
+                )
         out += [f"{where}: {w}" for w in result.get("warnings", [])]
         if "error" in result:
             out.append(f"{where}: {result['error']}")

@@ -237,7 +237,9 @@ async def idle(port: int, spec: dict[str, Any]) -> dict[str, Any]:
     try:
         for level in levels:
             wanted = level - len(streams)
+            ramp_cpu = time.process_time()
             added, failed, elapsed = await session.open_streams(wanted, "idle")
+            ramp_cpu = (time.process_time() - ramp_cpu) / max(elapsed, 1e-9)
             streams += added
             await asyncio.sleep(1.0)  # let the server settle before measuring memory
             for stream in streams:
@@ -252,6 +254,8 @@ async def idle(port: int, spec: dict[str, Any]) -> dict[str, Any]:
                     "streams": len(streams),
                     "failed": failed,
                     "ramp_per_s": len(added) / elapsed,
+                    # Near 100%: the generator, not the server, set the ramp rate.
+                    "ramp_loadgen_cpu_pct": 100 * ramp_cpu,
                     "rss_mb": measured["rss_before"] / 2**20,
                     "rss_per_stream_kb": (measured["rss_before"] - base.rss) / len(streams) / 1024
                     if streams
