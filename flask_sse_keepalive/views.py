@@ -107,6 +107,20 @@ def cors_headers(registry: Registry) -> dict[str, str]:
     return headers
 
 
+def preflight(registry: Registry) -> Response:
+    """Answer a CORS preflight: EventSource sends none, but a ``fetch`` client
+    that sets ``Last-Event-ID`` on another origin does."""
+    response = Response(status=204)
+    response.headers["Allow"] = "GET, HEAD, OPTIONS"
+    allowed = cors_headers(registry)
+    if allowed:
+        response.headers.update(allowed)
+        response.headers["Access-Control-Allow-Methods"] = "GET"
+        response.headers["Access-Control-Allow-Headers"] = "Last-Event-ID, Cache-Control"
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
 def first_bytes(registry: Registry) -> bytes:
     settings = registry.settings
     interval = f"{settings.heartbeat_interval:g}"
@@ -171,9 +185,11 @@ def client_key_for(extension: SSE) -> str | None:
 def make_blueprint(extension: SSE) -> Blueprint:
     blueprint = Blueprint("sse", __name__, static_folder="static", static_url_path="/static")
 
-    @blueprint.route("", methods=["GET"], strict_slashes=False)
+    @blueprint.route("", methods=["GET", "OPTIONS"], strict_slashes=False)
     def stream() -> Response:
         registry = current_registry()
+        if request.method == "OPTIONS":
+            return preflight(registry)
         problem = server_problem(registry)
         if problem is not None:
             return problem

@@ -326,6 +326,21 @@ def test_cors_headers_for_eventsource(gunicorn, origins, credentials, origin, ex
     assert got == expected
 
 
+def test_a_cors_preflight_allows_last_event_id_for_allowed_origins(gunicorn) -> None:
+    server = gunicorn(APP, env={"SSE_CORS_ORIGINS": "https://a.example"})
+    asked = {"Origin": "https://a.example", "Access-Control-Request-Headers": "last-event-id"}
+    allowed = httpx.options(f"{server.url}/stream", headers=asked, timeout=5)
+    assert allowed.status_code == 204
+    assert allowed.headers["access-control-allow-origin"] == "https://a.example"
+    assert "Last-Event-ID" in allowed.headers["access-control-allow-headers"]
+    other = httpx.options(
+        f"{server.url}/stream", headers={**asked, "Origin": "https://evil.example"}, timeout=5
+    )
+    assert other.status_code == 204
+    assert "access-control-allow-origin" not in other.headers
+    assert stats(server)["connects"] == 0
+
+
 # -- stats, metrics, CLI, logging -------------------------------------------------------
 
 
