@@ -90,7 +90,8 @@ def _quick() -> dict[str, list[Run]]:
             Run(
                 "slow",
                 "slow",
-                {"others": 10, "events": 4000, "size": 1024, "rate": 4000.0},
+                # Enough to pass the kernel's send buffer (up to 4 MB) and the queue.
+                {"others": 10, "events": 8000, "size": 1024, "rate": 8000.0},
                 timeout=60.0,
             )
         ],
