@@ -60,6 +60,18 @@ def test_fanout_to_60_clients_over_3_workers(
         fleet.add(Client(server.port, ["fan"], query_last_event_id=marker)) for _ in range(60)
     ]
     fleet.wait(lambda: all(c.started for c in clients), 30, "first bytes on all 60 streams")
+
+    def spread() -> bool:
+        # The kernel picks a worker for each connection: make sure that events
+        # cross processes by having streams (subscriptions) on two at least.
+        if len(serving_workers(redis_url)) >= 2:
+            return True
+        if len(clients) < 200:
+            clients.append(fleet.add(Client(server.port, ["fan"], query_last_event_id=marker)))
+        return False
+
+    fleet.wait(spread, 30, "streams on two workers at least")
+    fleet.wait(lambda: all(c.started for c in clients), 30, "first bytes on every stream")
     assert all(c.status == 200 for c in clients)
 
     run = publisher(redis_url, count=200, channels="fan")
@@ -72,8 +84,6 @@ def test_fanout_to_60_clients_over_3_workers(
     for client in clients:
         assert client.numbers() == list(range(1, 201))
         assert client.resets() == []
-    # The clients were spread over the workers, each with its own subscription.
-    assert len(serving_workers(redis_url)) >= 2
 
 
 def test_resume_across_workers_on_two_channels(
