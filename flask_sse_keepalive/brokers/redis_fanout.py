@@ -29,9 +29,11 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import os
 import random
 import secrets
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +117,30 @@ def encode(epoch: str, seq: int, channel: str, fields: Mapping[str, str]) -> Mes
     return Message(seq, event_id, channel, payload)
 
 
+#: every fan-out with running threads in this process (see _forget_after_fork)
+_running: weakref.WeakSet[Fanout] = weakref.WeakSet()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child, stop the fan-outs inherited from the parent.
+
+    gevent carries greenlets over a fork, so the parent's listener would run
+    on in the child and read the parent's pub/sub socket, taking events away
+    from it. Closing the child's copy of the socket stops it; redis-py does not
+    shut the connection down from another process, so the parent's stays up.
+    The child makes its own connections when it needs them.
+    """
+    for fanout in list(_running):
+        fanout.stopped.set()
+        connection, fanout.pubsub = fanout.pubsub, None
+        if connection is not None:
+            connection.disconnect()
+    _running.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 class Fanout:
     """The subscribers of one broker in one process, and their connections.
 
@@ -165,6 +191,7 @@ class Fanout:
                     target=self._supervise, name="sse-redis-supervisor", daemon=True
                 )
                 self.supervisor.start()
+                _running.add(self)
         self.wake.set()
 
     def detach(self, subscriber: Subscriber) -> None:
@@ -189,6 +216,7 @@ class Fanout:
             return {channel: len(records) for channel, records in self.by_channel.items()}
 
     def close(self) -> None:
+        _running.discard(self)
         self.stopped.set()
         self.wake.set()
         self._stop_listener()

@@ -333,6 +333,9 @@ def fork(url: str) -> dict:
         os.close(read)
         code = 1
         try:
+            # Meanwhile the parent publishes and must get every event itself:
+            # its pub/sub socket is inherited here but must not be read here.
+            gevent.sleep(0.5)
             child_sub = Recorder(["c"])
             broker.attach(child_sub, None)
             gevent.sleep(0.3)
@@ -343,12 +346,21 @@ def fork(url: str) -> dict:
         finally:
             os._exit(code)
     os.close(write)
+    during = [broker.publish("p", Event(data=str(n))) for n in range(50)]
+    wait_until(
+        lambda: during[-1].seq in parent_sub.seqs, 5, "the parent's events during the child's life"
+    )
     _, status = os.waitpid(pid, 0)
     child = json.loads(os.read(read, 65536) or b"{}")
     message = broker.publish("p", Event(data="after"))
     wait_until(lambda: message.seq in parent_sub.seqs, 5, "delivery in the parent after the fork")
     broker.close()
-    return {"child_status": status, "child": child, "parent": parent_sub.seqs}
+    return {
+        "child_status": status,
+        "child": child,
+        "parent": parent_sub.seqs,
+        "during": [m.seq for m in during],
+    }
 
 
 SCENARIOS: dict[str, Callable[..., dict]] = {
