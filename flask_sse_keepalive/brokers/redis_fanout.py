@@ -243,9 +243,10 @@ class Fanout:
                         # One bad message must not stop delivery to everyone.
                         log.exception("could not deliver a message from Redis: %r", reply[2][:200])
                 elif kind in (b"subscribe", b"unsubscribe"):
-                    self.outstanding -= 1
-                    if self.outstanding <= 0:
-                        self.acked.set()
+                    with self.lock:
+                        self.outstanding -= 1
+                        if self.outstanding <= 0:
+                            self.acked.set()
                 elif kind == b"pong":
                     self.unanswered_pings = 0
         except Exception as exc:
@@ -388,19 +389,23 @@ class Fanout:
         new = wanted - self.subscribed
         live = self.keys.live
         if gone:
+            self._expect(len(gone))
             self.subscribed -= gone
-            self.outstanding += len(gone)
-            self.acked.clear()
             self.pubsub.send_command("UNSUBSCRIBE", *[live(c) for c in gone])
         if new:
+            self._expect(len(new))
             self.subscribed |= new
-            self.outstanding += len(new)
-            self.acked.clear()
             self.pubsub.send_command("SUBSCRIBE", *[live(c) for c in new])
         if self.outstanding > 0 and not self.acked.wait(SUBSCRIBE_TIMEOUT):
             raise _Lost("Redis did not confirm the subscriptions")
         if self.listener is None or not self.listener.is_alive():
             raise _Lost("the pub/sub connection closed")
+
+    def _expect(self, replies: int) -> None:
+        """Count confirmations to wait for, before the command that earns them."""
+        with self.lock:
+            self.outstanding += replies
+            self.acked.clear()
 
     def _resume(self, groups: list[Group], reload: bool = True) -> list[Any]:
         """Run the resume script for each group, in one round trip."""
