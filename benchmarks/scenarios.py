@@ -110,7 +110,7 @@ class Session:
         elapsed = time.monotonic() - began
         good = [c for c in clients if c.ready.done() and not c.ready.exception()]
         for client in clients:
-            if client not in good:
+            if not client.ready.done() or client.ready.exception():
                 client.close()
         failed = n - len(good)
         if failed:
