@@ -146,6 +146,20 @@ def run_one(run: Run, server: str, queue_size: int, log_dir: Path) -> dict[str, 
     return result
 
 
+def tree_state() -> str | None:
+    """The commit measured, marked ``+dirty`` if the measured code has uncommitted changes."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return None
+    dirty = git("status", "--porcelain", "--", "flask_sse_keepalive", "benchmarks")
+    return commit + ("+dirty" if dirty else "")
+
+
 def machine() -> dict[str, Any]:
     model = ""
     try:
@@ -161,20 +175,13 @@ def machine() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
     return {
         "cpu": model,
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "versions": versions,
-        "commit": commit or None,
+        "commit": tree_state(),
         "pinned": bool(taskset_prefix(SERVER_CPU)) and bool(taskset_prefix(LOADGEN_CPU)),
         "loadavg": os.getloadavg(),
     }
@@ -186,6 +193,8 @@ def run(
     plans = PLANS["quick" if quick else "full"]()
     results: list[dict[str, Any]] = []
     began = time.time()
+    # Before the servers start: what they load is what is measured.
+    host = machine()
     with tempfile.TemporaryDirectory(prefix="sse-bench-") as tmp:
         for name in names:
             for planned in plans[name]:
@@ -199,8 +208,8 @@ def run(
                     result["scenario"] = name
                     results.append(result)
                     print(f" {result['seconds']:5.1f} s {_verdict(result)}", file=sys.stderr)
-    report = {
-        "machine": machine(),
+    report: dict[str, Any] = {
+        "machine": host,
         "quick": quick,
         "queue_size": queue_size,
         "started": began,
@@ -210,6 +219,12 @@ def run(
     report["rows"] = rows(results)
     report["targets"] = [] if quick else targets(results)
     report["warnings"] = warnings(results)
+    after = tree_state()
+    if after != host["commit"]:
+        report["warnings"].append(
+            f"the code changed during the run ({host['commit']} -> {after}):"
+            " servers started at different times may have run different code"
+        )
     return report
 
 
