@@ -122,7 +122,7 @@ def watch_shutdown(registry: Registry) -> None:
 
     import gevent
 
-    from .stream import close_handed_over
+    from .direct import close_handed_over
 
     _watcher = gevent.spawn(_poll_worker, worker)
     # Streams that own their sockets are not in gunicorn's handler pool, so

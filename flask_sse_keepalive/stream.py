@@ -1,43 +1,46 @@
-"""One client connection: its bounded queue, heartbeats, writes and cleanup.
+"""One client connection: its bounded queue, resume seam, modes and cleanup.
 
 A :class:`Connection` is the broker's subscriber and the body of the HTTP
 response. Events reach it through :meth:`Connection.deliver`, called from the
 publisher's fan-out, which must never block; how the bytes then reach the
 socket depends on what the server offers:
 
-* **direct** (gunicorn ``-k gevent``, gevent's ``WSGIServer``): the server
-  exposes the client socket. After the server has sent the headers and the
-  first chunk, the connection writes chunked frames itself: the fan-out tries
-  a non-blocking ``send``; only when the socket is full does it queue the
-  payload for the handler greenlet, which drains the queue in one write. One
-  small greenlet per connection writes heartbeats when the line is idle and
-  watches the socket, so a client that closes is released at once, not at the
-  next heartbeat.
-* **iterator** (no socket exposed, or ``SSE_DIRECT_WRITE = False``): payloads
-  are queued and the WSGI iterator yields them, coalesced; the iterator writes
-  the heartbeat itself when it has waited an interval in silence.
-* **threaded** (the development server): like iterator, with thread-safe
-  waiting.
+* **direct** (gevent servers that expose the client socket): the connection
+  writes chunks itself, without blocking from the fan-out, and one greenlet of
+  its own drains a backlog, arms heartbeats and watches for EOF; under
+  gunicorn ``-k gevent`` it also takes the socket over from gunicorn's
+  request handler. See :mod:`.direct`.
+* **iterator** (no socket exposed, TLS or HTTP/2 in the server, or
+  ``SSE_DIRECT_WRITE = False``): payloads are queued and the WSGI iterator
+  yields them, coalesced; it writes the heartbeat itself after an idle interval.
+* **threaded** (the development server, tests): like iterator, with
+  thread-safe waiting.
 
-Whatever ends the stream, exactly one ``finally`` (in :meth:`Connection.body`)
-releases what it took: the broker subscription, the heartbeat greenlet, the
-registry slot, and sends ``client_disconnected`` with the reason.
+Whatever ends the stream, one method (:meth:`Connection._release`), called
+from exactly one ``finally``, gives back what it took: the broker
+subscription, the producer of an ``@sse_stream`` view, the registry slot, and
+sends ``client_disconnected`` with the reason.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import itertools
 import logging
 import random
-import socket
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from .direct import (
+    ABORT_REASONS,
+    HEARTBEAT,
+    DirectWriter,
+    HandedOver,
+    Waker,
+    frame_shared,
+)
 from .event import Event
 
 if TYPE_CHECKING:
@@ -48,32 +51,10 @@ __all__ = ["Connection"]
 
 log = logging.getLogger("flask_sse_keepalive")
 
-HEARTBEAT = b": heartbeat\n\n"
-#: reasons after which the socket is in an unknown state and is cut at once
-_ABORT_REASONS = frozenset({"client", "slow", "error"})
 _ids = itertools.count(1)
 
 
-def _frame(payload: bytes) -> bytes:
-    """One HTTP/1.1 chunk."""
-    return b"%x\r\n%s\r\n" % (len(payload), payload)
-
-
-#: The last payload framed and its frame: a fan-out hands the same payload
-#: object to every subscriber in turn, so it is framed once, not per stream.
-_framed: tuple[bytes, bytes] = (b"", _frame(b""))
-
-
-def _frame_shared(payload: bytes) -> bytes:
-    global _framed
-    last, frame = _framed
-    if payload is not last:
-        frame = _frame(payload)
-        _framed = (payload, frame)
-    return frame
-
-
-class Connection:
+class Connection(DirectWriter):
     """One open stream. Created per request by the stream view or ``@sse_stream``.
 
     Public, read-only attributes (what signal receivers see): ``id`` (unique in
@@ -84,21 +65,13 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
-        "_busy",
-        "_chunked",
         "_close_reason",
         "_deadline",
         "_hand_over",
-        "_heartbeat",
         "_last_seq",
-        "_last_write",
         "_live",
-        "_partial",
         "_pending",
-        "_raw",
-        "_readable",
         "_registry",
-        "_sock",
         "_wake",
         "channels",
         "client_key",
@@ -138,7 +111,7 @@ class Connection:
         self._live = False
         # Wakes the writer: a thread-safe event for the iterator, replaced by
         # a _Waker (a direct greenlet switch) while _serve owns the socket.
-        self._wake: threading.Event | _Waker = threading.Event()
+        self._wake: threading.Event | Waker = threading.Event()
         self._readable = False
         self._heartbeat: Any = None
         # gunicorn's own handler can let go of the connection (see body()).
@@ -188,7 +161,7 @@ class Connection:
         if self._close_reason is not None:
             return
         self._close_reason = reason
-        if reason in _ABORT_REASONS and self._live and self._raw is not None:
+        if reason in ABORT_REASONS and self._live and self._raw is not None:
             # A half-written chunk cannot be finished: cut the connection so
             # that a blocked write returns and the server does not reuse it.
             self._shutdown_socket()
@@ -206,7 +179,7 @@ class Connection:
             and not self._pending
             and not self._partial
         ):
-            data = _frame_shared(payload) if self._chunked else payload
+            data = frame_shared(payload) if self._chunked else payload
             try:
                 sent = self._raw.send(data)
             except BlockingIOError:
@@ -237,10 +210,6 @@ class Connection:
         taken = pending[:]
         del pending[: len(taken)]
         return b"".join(taken)
-
-    def _shutdown_socket(self) -> None:
-        with contextlib.suppress(OSError):
-            self._raw.shutdown(socket.SHUT_RDWR)
 
     # -- the WSGI iterator ----------------------------------------------------
 
@@ -281,7 +250,7 @@ class Connection:
                 import gevent
 
                 gevent.spawn(self._serve_handed_over, producer)
-                raise _HandedOver(errno.EPIPE, "the stream continues in its own greenlet")
+                raise HandedOver(errno.EPIPE, "the stream continues in its own greenlet")
             else:
                 reason = self._serve(producer)
         except GeneratorExit:
@@ -289,7 +258,7 @@ class Connection:
             # server is stopping, in which case the reason is already set).
             reason = self._close_reason or "client"
             raise
-        except _HandedOver:
+        except HandedOver:
             raise
         except Exception:
             log.exception("stream %s failed", self)
@@ -311,42 +280,10 @@ class Connection:
             self._registry.broker.detach(self)
         self._registry.release(self, reason)
 
-    def _take_socket(self) -> None:
-        """Keep a duplicate of the client socket for this connection alone.
-
-        gunicorn then closes its own descriptor and its handler greenlet ends,
-        with the request's parser, environ and stack: an open stream costs this
-        object, one greenlet and the socket, not a parked request handler.
-        """
-        own = self._sock.dup()
-        self._sock = own
-        self._raw = own._sock
-        _handed_over.add(self)
-
-    def _serve_handed_over(self, producer: Producer | None) -> None:
-        reason = "error"
-        try:
-            reason = self._serve(producer)
-        except Exception:
-            log.exception("stream %s failed", self)
-            self.close("error")
-        except BaseException:
-            reason = self._close_reason or "shutdown"
-            raise
-        finally:
-            _handed_over.discard(self)
-            self._release(reason, producer)
-            self._sock.close()
-
-    def _farewell(self, reason: str) -> bytes:
-        # Spread reconnects so a restart does not become a stampede.
-        retry = int(self._registry.settings.retry_ms * random.uniform(0.5, 1.5))
-        return f": {reason}\nretry: {retry}\n\n".encode()
-
     def _run_iterator(self) -> Iterator[bytes]:
         interval = self._registry.settings.heartbeat_interval
         wake = cast(threading.Event, self._wake)
-        while self._close_reason not in _ABORT_REASONS:
+        while self._close_reason not in ABORT_REASONS:
             now = time.monotonic()
             due = self._last_write + interval
             if self._deadline is not None and now >= self._deadline:
@@ -359,7 +296,7 @@ class Connection:
             if not self._pending and timeout > 0:
                 wake.wait(timeout)
             wake.clear()
-            if self._close_reason in _ABORT_REASONS:
+            if self._close_reason in ABORT_REASONS:
                 break
             if self._pending:
                 chunk = self._take()
@@ -370,203 +307,6 @@ class Connection:
                 continue
             self._last_write = time.monotonic()
             yield chunk
-
-    def _set_nodelay(self) -> None:
-        # Events are small and latency matters more than packet count; the
-        # writes are already coalesced when a backlog forms.
-        with contextlib.suppress(OSError):  # not TCP: a unix socket behind a proxy
-            self._raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def _serve(self, producer: Producer | None) -> str:
-        """Own the socket until the stream ends; return the reason.
-
-        This greenlet owns the connection: it arms the heartbeat timer,
-        drains the backlog when the fan-out found the socket full, notices the
-        client's EOF (a read watcher, so a vanished client is released at
-        once, not at the next heartbeat) and ends the stream. On a healthy
-        line it does not even wake for a heartbeat: the timer's callback
-        writes it without blocking, the way the fan-out writes events, and
-        wakes the greenlet only if the socket is full. A greenlet switch per
-        heartbeat would cost more than the write itself.
-        """
-        import gevent
-        from gevent.hub import Waiter
-
-        hub = gevent.get_hub()
-        loop = hub.loop
-        waiter: Any = Waiter(hub)
-        self._wake = _Waker(waiter, loop)
-        if producer is not None:
-            producer.start(self)
-        send_timeout = self._registry.settings.send_timeout
-        reader = loop.io(self._raw.fileno(), 1)
-        reader.start(self._on_readable)
-        self._arm_heartbeat(loop, self._registry.settings.heartbeat_interval)
-        lifetime = None
-        if self._deadline is not None:
-            lifetime = loop.timer(max(0.0, self._deadline - time.monotonic()))
-            lifetime.start(self.close, "lifetime")
-        try:
-            while self._close_reason not in _ABORT_REASONS:
-                if self._partial or self._pending:
-                    self._flush(send_timeout)
-                    continue
-                if self._close_reason is not None:
-                    break  # a clean close, after what was queued before it
-                try:
-                    waiter.get()
-                finally:
-                    waiter.clear()
-                if self._readable:
-                    self._readable = False
-                    if not self._check_eof():
-                        reader.stop()
-        finally:
-            reader.close()
-            self._heartbeat.close()
-            if lifetime is not None:
-                lifetime.close()
-        reason = self._close_reason or "server"
-        self._finish(reason)
-        return reason
-
-    def _arm_heartbeat(self, loop: Any, delay: float) -> None:
-        self._heartbeat = timer = loop.timer(delay)
-        timer.start(self._beat, loop)
-
-    def _beat(self, loop: Any) -> None:
-        """The heartbeat timer's callback (in the hub): write if the line is idle."""
-        self._heartbeat.close()
-        if self._close_reason is not None:
-            return
-        interval = self._registry.settings.heartbeat_interval
-        silent = time.monotonic() - self._last_write
-        # A timer may fire a hair before the clock reaches its due time;
-        # without the slack that would cost a second wake-up.
-        if silent >= interval * 0.99:
-            if not (self._busy or self._pending or self._partial):
-                self._registry.stats.heartbeats += 1
-                self._send(HEARTBEAT)
-            silent = 0.0
-        self._arm_heartbeat(loop, interval - silent)
-
-    def _on_readable(self) -> None:
-        self._readable = True
-        self._wake.set()
-
-    def _flush(self, send_timeout: float) -> None:
-        import gevent
-
-        self._busy = True
-        try:
-            data = self._partial
-            self._partial = b""
-            payload = self._take()
-            if payload:
-                data += _frame(payload) if self._chunked else payload
-            with gevent.Timeout(send_timeout, _SendTimeout):
-                self._sock.sendall(data)
-            self._last_write = time.monotonic()
-        except _SendTimeout:
-            self._registry.stats.slow += 1
-            log.warning("dropping slow client %s: no progress in %s s", self, send_timeout)
-            self.close("slow")
-        except OSError:
-            self.close("client")
-        finally:
-            self._busy = False
-
-    def _finish(self, reason: str) -> None:
-        """End the HTTP response ourselves and close the connection.
-
-        Closing (not keeping it alive) makes the client reconnect on a new
-        connection, which after a shutdown or a lifetime rotation reaches a
-        live, possibly different, worker.
-        """
-        if reason not in _ABORT_REASONS:
-            import gevent
-
-            tail = self._farewell(reason) if reason in ("shutdown", "lifetime") else b""
-            data = (_frame(tail) if tail else b"") + b"0\r\n\r\n" if self._chunked else tail
-            try:
-                # Bounded: a stalled client must not hold up a worker's shutdown.
-                with gevent.Timeout(1.0, _SendTimeout):
-                    self._sock.sendall(data)
-            except (OSError, _SendTimeout):
-                pass
-        self._shutdown_socket()
-
-    def _check_eof(self) -> bool:
-        """After the socket turned readable: close on EOF or reset.
-
-        :return: whether to keep watching. A client that sends bytes (a
-            pipelined request) is not watched any further, since the socket
-            would stay readable; the heartbeat's write finds it if it leaves.
-        """
-        try:
-            peeked = self._raw.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return True
-        except OSError:
-            self.close("client")
-            return False
-        if not peeked:
-            self.close("client")
-        return False
-
-
-class _Waker:
-    """Wakes the greenlet parked in :meth:`Connection._serve`, from anywhere.
-
-    Cheaper than an event: one callback in the hub that switches straight to
-    the parked greenlet (through a :class:`gevent.hub.Waiter`, which keeps
-    the value if the greenlet is busy elsewhere, e.g. in a blocking write).
-    """
-
-    __slots__ = ("_loop", "_scheduled", "_waiter")
-
-    def __init__(self, waiter: Any, loop: Any) -> None:
-        self._waiter = waiter
-        self._loop = loop
-        self._scheduled = False
-
-    def set(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.run_callback(self._fire)
-
-    def _fire(self) -> None:
-        self._scheduled = False
-        self._waiter.switch(None)
-
-
-class _HandedOver(OSError):
-    """Raised to the server once the connection owns its socket.
-
-    An ``EPIPE``: gunicorn treats it as a client that went away after the
-    response began, logs the request, closes its own descriptor quietly and
-    frees its handler; the stream goes on through the duplicate.
-    """
-
-
-#: Streams that run in their own greenlet, for the shutdown at exit.
-_handed_over: weakref.WeakSet[Connection] = weakref.WeakSet()
-
-
-def close_handed_over(timeout: float) -> None:
-    """End the streams that run in their own greenlets (at process exit)."""
-    import gevent
-
-    streams = list(_handed_over)
-    for connection in streams:
-        connection.close("shutdown")
-    deadline = time.monotonic() + timeout
-    while _handed_over and time.monotonic() < deadline:
-        gevent.sleep(0.05)
-
-
-class _SendTimeout(Exception):
-    pass
 
 
 class Producer(Protocol):
