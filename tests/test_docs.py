@@ -228,6 +228,7 @@ def drive_news_page(url: str) -> None:
     Playwright's sync API allows one instance per thread, and the browser
     tests may hold one for the whole session: hence the separate process.
     """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -239,11 +240,14 @@ def drive_news_page(url: str) -> None:
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(url)
-            page.wait_for_function("() => stream.readyState === EventSource.OPEN", timeout=20_000)
+            page.wait_for_function("() => stream.readyState === EventSource.OPEN", timeout=45_000)
             print("open", flush=True)
-            page.wait_for_function(
-                "() => document.querySelectorAll('#news li').length >= 2", timeout=20_000
-            )
+            try:
+                page.wait_for_function(
+                    "() => document.querySelectorAll('#news li').length >= 2", timeout=45_000
+                )
+            except PlaywrightTimeout:
+                errors.append("waited 45 s for two headlines")
             headlines = page.eval_on_selector_all(
                 "#news li", "items => items.map(i => i.textContent)"
             )
@@ -279,13 +283,16 @@ def test_quickstart_page_shows_published_headlines(gunicorn, tmp_path) -> None:
         assert driver.stdout is not None
         ready, _, _ = select.select([driver.stdout], [], [], 60)
         line = driver.stdout.readline() if ready else ""
-        assert line == "open\n", f"the page did not connect within 60 s: {line!r}"
+        if line != "open\n":
+            driver.kill()
+            _, err = driver.communicate(timeout=10)
+            raise AssertionError(f"the page did not connect within 60 s: {line!r}\n{err[-2000:]}")
         for command in snippet_lines("curl_publish.sh"):
             run_curl(command, server.url)
-        out, err = driver.communicate(timeout=60)
-        assert driver.returncode == 0, err
+        out, err = driver.communicate(timeout=90)
+        assert driver.returncode == 0, err[-2000:]
         result = json.loads(out.splitlines()[-1])
-        assert result == {"headlines": ["Hello", "World"], "errors": []}
+        assert result == {"headlines": ["Hello", "World"], "errors": []}, server.log()[-3000:]
     finally:
         if driver.poll() is None:
             driver.kill()
