@@ -201,7 +201,12 @@ class Registry:
             connection.close("shutdown")
 
     def _send(self, signal: Any, **kwargs: Any) -> None:
+        if not signal.receivers:
+            return
         try:
-            signal.send(self.app, **kwargs)
+            # Streams are written after Flask has popped the request's
+            # context: give receivers the app's, so current_app works.
+            with self.app.app_context():
+                signal.send(self.app, **kwargs)
         except Exception:
             log.exception("a receiver of %s failed", signal.name)

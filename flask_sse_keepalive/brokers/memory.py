@@ -24,15 +24,31 @@ __all__ = ["MemoryBroker"]
 
 
 class _Channel:
-    __slots__ = ("evicted_upto", "history", "subscribers")
+    __slots__ = ("_snapshot", "evicted_upto", "history", "subscribers")
 
     def __init__(self, history_size: int) -> None:
         self.history: deque[Message] = deque(maxlen=history_size)
         #: seq of the newest event that fell out of the history
         self.evicted_upto = 0
-        # Replaced, never mutated, so that a fan-out iterates a stable
-        # snapshot while a delivery detaches a subscriber.
-        self.subscribers: tuple[Subscriber, ...] = ()
+        self.subscribers: dict[Subscriber, None] = {}
+        self._snapshot: tuple[Subscriber, ...] | None = ()
+
+    def add(self, subscriber: Subscriber) -> None:
+        self.subscribers[subscriber] = None
+        self._snapshot = None
+
+    def remove(self, subscriber: Subscriber) -> None:
+        if self.subscribers.pop(subscriber, 0) is None:
+            self._snapshot = None
+
+    def snapshot(self) -> tuple[Subscriber, ...]:
+        """The subscribers as a tuple a fan-out can iterate while a delivery
+        detaches one; rebuilt at most once per change, not once per change
+        per publish, so that attaching or closing N streams stays O(N)."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            snapshot = self._snapshot = tuple(self.subscribers)
+        return snapshot
 
 
 class MemoryBroker(Broker):
@@ -73,15 +89,14 @@ class MemoryBroker(Broker):
             if len(state.history) == self._history_size:
                 state.evicted_upto = state.history[0].seq
             state.history.append(message)
-            for subscriber in state.subscribers:
+            for subscriber in state.snapshot():
                 subscriber.deliver(message)
         return message
 
     def attach(self, subscriber: Subscriber, last_event_id: str | None) -> None:
         with self._lock:
             for name in subscriber.channels:
-                state = self._channel(name)
-                state.subscribers = (*state.subscribers, subscriber)
+                self._channel(name).add(subscriber)
             if last_event_id is None:
                 return
             after = self._resume_point(subscriber, last_event_id)
@@ -122,9 +137,9 @@ class MemoryBroker(Broker):
         with self._lock:
             for name in subscriber.channels:
                 state = self._channels.get(name)
-                if state is None or subscriber not in state.subscribers:
+                if state is None:
                     continue
-                state.subscribers = tuple(s for s in state.subscribers if s is not subscriber)
+                state.remove(subscriber)
                 if not state.subscribers and not state.history:
                     del self._channels[name]
 

@@ -11,7 +11,7 @@
  *   import { SSEKeepalive } from "/stream/static/sse-keepalive.mjs";   (ES module)
  *   const SSEKeepalive = require("./sse-keepalive.js");      (CommonJS, bundlers)
  *
- * License: BSD-3-Clause, as the package.
+ * License: MIT, as the package.
  */
 (function (root, factory) {
   "use strict";

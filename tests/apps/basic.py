@@ -11,7 +11,7 @@ import logging
 import os
 import time
 
-from flask import Flask, abort, jsonify, request
+from flask import Flask, abort, current_app, jsonify, request
 
 from flask_sse_keepalive import SSE, Event, signals, sse_stream
 
@@ -43,6 +43,8 @@ def _connected(sender, connection):
 
 @signals.client_disconnected.connect_via(app)
 def _disconnected(sender, connection, reason):
+    # current_app works in receivers: the stream sends them in an app context
+    assert current_app.name == sender.name
     _log.append({"signal": "disconnected", "id": connection.id, "reason": reason})
 
 
