@@ -91,3 +91,17 @@ def test_worker_shutdown_ends_the_stream_with_a_goodbye(server) -> None:
     assert stream.parser.comments[-1] == "shutdown"
     assert stream.parser.retries[-1] > 0
     server.proc.wait(timeout=10)
+
+
+def test_streams_behind_wsgi_middleware(gunicorn) -> None:
+    """The stream takes the socket over even when middleware wraps the body."""
+    server = gunicorn("tests.apps.middleware:app", env={"SSE_HEARTBEAT_INTERVAL": "0.2"})
+    stream = RawStream(server.port, "/stream?channel=a", {"X-Forwarded-For": "203.0.113.9"})
+    assert stream.headers["x-wrapped"] == "yes"
+    wait_until(lambda: stats(server)["connections"] == 1, 5, "the stream")
+    publish(server, "through middleware", channel="a")
+    stream.wait_for(lambda s: s.events and "heartbeat" in s.parser.comments, 5, "event + heartbeat")
+    assert stream.data() == ["through middleware"]
+    stream.close(abort=True)
+    wait_until(lambda: stats(server)["connections"] == 0, 3, "the release")
+    assert "Traceback" not in server.log()
