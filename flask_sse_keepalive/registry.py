@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import runtime, signals
-from .brokers import Broker, create_broker
+from .brokers import Broker, check_broker_url, create_broker
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -85,6 +85,8 @@ class Settings:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        broker_url = str(config["SSE_BROKER_URL"])
+        check_broker_url(broker_url)  # fail at start, not at the first publish
         origins = config["SSE_CORS_ORIGINS"]
         if isinstance(origins, str):
             origins = [o.strip() for o in origins.split(",") if o.strip()]
@@ -106,7 +108,7 @@ class Settings:
             cors_credentials=bool(_flag(config, "SSE_CORS_CREDENTIALS")),
             direct_write=_flag(config, "SSE_DIRECT_WRITE") is not False,
             allow_threads=_flag(config, "SSE_ALLOW_THREADS"),
-            broker_url=str(config["SSE_BROKER_URL"]),
+            broker_url=broker_url,
         )
 
 
