@@ -86,14 +86,18 @@ def gunicorn_worker() -> Any:
 
 
 def check_server(app_name: str, broker_url: str) -> None:
-    """Log, once at start-up, what will not work in this process."""
+    """Log, once at start-up, what will not work in this process.
+
+    Only a gunicorn worker knows for sure: a gunicorn master that preloads
+    the app has not patched gevent yet even when its workers will, and other
+    servers (``flask run``, the test client) may serve streams from threads.
+    Elsewhere the first refused stream logs the warning (:func:`refused`).
+    """
     worker = gunicorn_worker()
     if worker is None:
-        if not gevent_patched() and "gunicorn" in sys.modules:
-            log.warning("%s: SSE streams cannot be served here: %s", app_name, FIX)
         return
     if not gevent_patched():
-        log.warning("%s: SSE streams cannot be served by this gunicorn worker: %s", app_name, FIX)
+        refused(app_name)
     workers = getattr(worker.cfg, "workers", 1) or 1
     if workers > 1 and broker_url.startswith("memory:"):
         log.warning(
@@ -102,6 +106,18 @@ def check_server(app_name: str, broker_url: str) -> None:
             app_name,
             workers,
         )
+
+
+_wrong_server_logged = False
+
+
+def refused(app_name: str) -> None:
+    """Log the wrong-server warning, once per process: at start in a gunicorn
+    worker, else when the first stream is refused."""
+    global _wrong_server_logged
+    if not _wrong_server_logged:
+        _wrong_server_logged = True
+        log.warning("%s: SSE streams cannot be served here: %s", app_name, FIX)
 
 
 def watch_shutdown(registry: Registry) -> None:

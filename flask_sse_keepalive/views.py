@@ -136,6 +136,7 @@ def server_problem(registry: Registry) -> Response | None:
         allowed = runtime.is_dev_server(request.environ) or current_app.testing
     if allowed:
         return None
+    runtime.refused(current_app.name)
     return plain(500, f"This server cannot hold SSE streams: {runtime.FIX}.")
 
 

@@ -235,6 +235,18 @@ def test_a_worker_without_gevent_fails_fast_and_says_why(gunicorn, worker_class)
     assert server.log().count("SSE streams cannot be served") == 1
 
 
+def test_a_preloaded_app_warns_only_when_its_worker_cannot_stream(gunicorn) -> None:
+    # The master loads a preloaded app before any worker patches gevent.
+    fine = gunicorn(APP, args=("--preload",))
+    stream = RawStream(fine.port, "/stream")
+    assert stream.status == 200
+    assert "SSE streams cannot be served" not in fine.log()
+    wrong = gunicorn(APP, worker_class="sync", args=("--preload",))
+    assert "SSE streams cannot be served" not in wrong.log()
+    assert httpx.get(f"{wrong.url}/stream", timeout=5).status_code == 500
+    wait_until(lambda: "SSE streams cannot be served" in wrong.log(), 5, "the warning")
+
+
 def test_the_memory_broker_under_several_workers_warns_at_start(gunicorn) -> None:
     server = gunicorn(APP, workers=2)
     wait_until(
