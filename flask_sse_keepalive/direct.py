@@ -92,11 +92,16 @@ class DirectWriter:
         def _send(self, payload: bytes) -> None: ...
         def _take(self) -> bytes: ...
         def _release(self, reason: str, producer: Producer | None) -> None: ...
+        def _reason_for(self, exc: BaseException) -> str: ...
 
     def _farewell(self, reason: str) -> bytes:
         # Spread reconnects so a restart does not become a stampede.
         retry = int(self._registry.settings.retry_ms * random.uniform(0.5, 1.5))
         return f": {reason}\nretry: {retry}\n\n".encode()
+
+    def _wire(self, payload: bytes) -> bytes:
+        """``payload`` as it goes on the socket: one chunk, unless HTTP/1.0."""
+        return frame(payload) if self._chunked else payload
 
     def _shutdown_socket(self) -> None:
         with contextlib.suppress(OSError):
@@ -118,12 +123,10 @@ class DirectWriter:
         reason = "error"
         try:
             reason = self._serve(producer)
-        except Exception:
-            log.exception("stream %s failed", self)
-            self.close("error")
-        except BaseException:
-            reason = self._close_reason or "shutdown"
-            raise
+        except BaseException as exc:
+            reason = self._reason_for(exc)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             _handed_over.discard(self)
             self._release(reason, producer)
@@ -221,7 +224,7 @@ class DirectWriter:
             self._partial = b""
             payload = self._take()
             if payload:
-                data += frame(payload) if self._chunked else payload
+                data += self._wire(payload)
             with gevent.Timeout(send_timeout, SendTimeout):
                 self._sock.sendall(data)
             self._last_write = time.monotonic()
@@ -244,8 +247,9 @@ class DirectWriter:
         if reason not in ABORT_REASONS:
             import gevent
 
-            tail = self._farewell(reason) if reason in ("shutdown", "lifetime") else b""
-            data = (frame(tail) if tail else b"") + b"0\r\n\r\n" if self._chunked else tail
+            data = self._wire(self._farewell(reason)) if reason in ("shutdown", "lifetime") else b""
+            if self._chunked:
+                data += b"0\r\n\r\n"  # the last chunk: the response is complete
             try:
                 # Bounded: a stalled client must not hold up a worker's shutdown.
                 with gevent.Timeout(1.0, SendTimeout):

@@ -253,23 +253,32 @@ class Connection(DirectWriter):
                 raise HandedOver(errno.EPIPE, "the stream continues in its own greenlet")
             else:
                 reason = self._serve(producer)
-        except GeneratorExit:
-            # The server closed the iterator: the client went away (or the
-            # server is stopping, in which case the reason is already set).
-            reason = self._close_reason or "client"
-            raise
         except HandedOver:
             raise
-        except Exception:
-            log.exception("stream %s failed", self)
-            self.close("error")
-        except BaseException:
-            # GreenletExit or SystemExit: the server is killing its handlers.
-            reason = self._close_reason or "shutdown"
-            raise
+        except BaseException as exc:
+            reason = self._reason_for(exc)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             if not handed_over:
                 self._release(reason, producer)
+
+    def _reason_for(self, exc: BaseException) -> str:
+        """Why the stream ends when ``exc`` escapes the code serving it.
+
+        An error is logged and ends the stream cleanly; the caller re-raises
+        what is not an :class:`Exception`.
+        """
+        if isinstance(exc, GeneratorExit):
+            # The server closed the iterator: the client went away (or the
+            # server is stopping, in which case the reason is already set).
+            return self._close_reason or "client"
+        if isinstance(exc, Exception):
+            log.exception("stream %s failed", self)
+            self.close("error")
+            return "error"
+        # GreenletExit or SystemExit: the server is killing its handlers.
+        return self._close_reason or "shutdown"
 
     def _release(self, reason: str, producer: Producer | None) -> None:
         """The one place where a connection gives back what it took."""

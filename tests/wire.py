@@ -107,6 +107,32 @@ class Parser:
         self._type = ""
 
 
+class ChunkedBody:
+    """Decodes an HTTP/1.1 chunked body fed in pieces of any size."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.ended = False  # the terminating zero-size chunk arrived
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The chunks completed by ``data``, in order."""
+        self._buffer += data
+        chunks = []
+        while not self.ended:
+            head, sep, rest = self._buffer.partition(b"\r\n")
+            if not sep:
+                break
+            size = int(head.split(b";")[0], 16)
+            if len(rest) < size + 2:
+                break
+            self._buffer = rest[size + 2 :]
+            if size == 0:
+                self.ended = True
+            else:
+                chunks.append(rest[:size])
+        return chunks
+
+
 class RawStream:
     """An SSE request over a plain socket, with chunked decoding by hand.
 
@@ -136,6 +162,7 @@ class RawStream:
         self.ended = False  # the terminating chunk or EOF was seen
         self._buf = b""
         self._chunked = False
+        self._chunks = ChunkedBody()
         self._read_head(timeout)
 
     def _recv(self, deadline: float) -> bytes:
@@ -169,25 +196,13 @@ class RawStream:
             self._content_length = int(self.headers["content-length"])
 
     def _decode_body(self) -> None:
-        if not self._chunked:
-            if self._buf:
-                self.wire += self._buf
-                self.parser.feed(self._buf)
-                self._buf = b""
-            return
-        while True:
-            head, sep, rest = self._buf.partition(b"\r\n")
-            if not sep:
-                return
-            size = int(head.split(b";")[0], 16)
-            if len(rest) < size + 2:
-                return
-            chunk, self._buf = rest[:size], rest[size + 2 :]
-            if size == 0:
-                self.ended = True
-                return
+        data, self._buf = self._buf, b""
+        chunks = self._chunks.feed(data) if self._chunked else [data] if data else []
+        for chunk in chunks:
             self.wire += chunk
             self.parser.feed(chunk)
+        if self._chunks.ended:
+            self.ended = True
 
     def pump(self, timeout: float = 0.1) -> bool:
         """Read what arrives within ``timeout``; ``False`` once the stream ended."""

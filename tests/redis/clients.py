@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from urllib.parse import urlencode
 
-from tests.wire import Dispatched, Parser
+from tests.wire import ChunkedBody, Dispatched, Parser
 
 
 class Client:
@@ -44,6 +44,7 @@ class Client:
         self._seen = 0
         self._raw = b""
         self._head_done = False
+        self._chunks = ChunkedBody()
 
     # -- connection -------------------------------------------------------
 
@@ -67,6 +68,7 @@ class Client:
         self._seen = 0
         self._raw = b""
         self._head_done = False
+        self._chunks = ChunkedBody()
         return sock
 
     def disconnect(self) -> None:
@@ -99,16 +101,8 @@ class Client:
             head, self._raw = self._raw.split(b"\r\n\r\n", 1)
             self.status = int(head.split(b" ", 2)[1])
             self._head_done = True
-        while True:
-            size_line, sep, rest = self._raw.partition(b"\r\n")
-            if not sep:
-                return
-            size = int(size_line.split(b";")[0], 16)
-            if len(rest) < size + 2:
-                return
-            chunk, self._raw = rest[:size], rest[size + 2 :]
-            if size == 0:
-                return
+        data, self._raw = self._raw, b""
+        for chunk in self._chunks.feed(data):
             self.started = True
             self._parser.feed(chunk)
             new = self._parser.events[self._seen :]
