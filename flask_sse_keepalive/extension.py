@@ -176,7 +176,9 @@ class SSE:
         ``connections`` (open streams), ``channels`` (local subscribers per
         channel), ``published``, ``delivered``, ``heartbeats``, ``resets``,
         ``slow`` (slow-consumer drops), ``refused`` (503s), ``connects`` and
-        ``disconnects`` (by reason), and ``pid``.
+        ``disconnects`` (by reason), ``modes`` (streams opened by write mode,
+        see :attr:`Connection.mode <flask_sse_keepalive.stream.Connection>`)
+        and ``pid``.
         """
         registry = self._current_registry()
         stats = registry.stats
@@ -192,6 +194,7 @@ class SSE:
             "refused": stats.refused,
             "connects": stats.connects,
             "disconnects": dict(stats.disconnects),
+            "modes": dict(stats.modes),
             "shutting_down": registry.shutting_down,
         }
 

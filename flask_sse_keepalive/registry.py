@@ -123,6 +123,7 @@ class Stats:
     slow: int = 0
     refused: int = 0
     connects: int = 0
+    modes: Counter[str] = field(default_factory=Counter)
     disconnects: Counter[str] = field(default_factory=Counter)
 
 
@@ -177,6 +178,7 @@ class Registry:
         if client_key is not None:
             self.per_client[client_key] += 1
         self.stats.connects += 1
+        self.stats.modes[connection.mode] += 1
         log.debug(
             "stream %s opened: channels=%s last_event_id=%s",
             connection.id,

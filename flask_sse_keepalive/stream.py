@@ -42,6 +42,7 @@ from .direct import (
     frame_shared,
 )
 from .event import Event
+from .runtime import gevent_patched
 
 if TYPE_CHECKING:
     from .brokers.base import Message
@@ -60,7 +61,11 @@ class Connection(DirectWriter):
     Public, read-only attributes (what signal receivers see): ``id`` (unique in
     the process), ``channels``, ``remote_addr``, ``client_key`` (what the
     per-client limit counts by), ``last_event_id`` (what the client resumed
-    from, or ``None``) and ``connected_at`` (``time.time()``).
+    from, or ``None``), ``connected_at`` (``time.time()``) and ``mode``, how
+    its bytes reach the socket: ``"owned"`` (the connection took the socket
+    over from gunicorn ``-k gevent``), ``"direct"`` (it writes to the socket
+    from the server's handler), ``"iterator"`` (the server writes what the
+    WSGI iterator yields) or ``"threaded"`` (development mode).
     """
 
     __slots__ = (
@@ -78,6 +83,7 @@ class Connection(DirectWriter):
         "connected_at",
         "id",
         "last_event_id",
+        "mode",
         "remote_addr",
     )
 
@@ -116,6 +122,10 @@ class Connection(DirectWriter):
         self._heartbeat: Any = None
         # gunicorn's own handler can let go of the connection (see body()).
         self._hand_over = hand_over
+        if sock is None:
+            self.mode = "iterator" if gevent_patched() else "threaded"
+        else:
+            self.mode = "owned" if hand_over else "direct"
         self._last_seq = -1
         self._last_write = time.monotonic()
         self._deadline: float | None = None
