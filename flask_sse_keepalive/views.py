@@ -33,9 +33,13 @@ _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 
 
 def plain(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A refusal: a short text, never cached, readable by an allowed origin
+    (without CORS headers a page on another origin would see a network error
+    instead of the status, and could not read ``Retry-After``)."""
     response = Response(message + "\n", status=status, mimetype="text/plain")
     response.headers.update(headers or {})
     response.headers["Cache-Control"] = "no-store"
+    response.headers.update(cors_headers(current_registry()))
     return response
 
 
@@ -104,6 +108,8 @@ def cors_headers(registry: Registry) -> dict[str, str]:
         return {}
     if credentials:
         headers["Access-Control-Allow-Credentials"] = "true"
+    # A refusal's Retry-After is not a CORS-safelisted header.
+    headers["Access-Control-Expose-Headers"] = "Retry-After"
     return headers
 
 

@@ -335,7 +335,35 @@ def test_cors_headers_for_eventsource(gunicorn, origins, credentials, origin, ex
     server = gunicorn(APP, env=env)
     stream = RawStream(server.port, "/stream", {"Origin": origin})
     got = {k: v for k, v in stream.headers.items() if k.startswith("access-control-")}
+    if expected:
+        expected = {**expected, "access-control-expose-headers": "Retry-After"}
     assert got == expected
+
+
+def test_refusals_are_readable_by_an_allowed_origin(gunicorn) -> None:
+    server = gunicorn(
+        APP, env={"SSE_CORS_ORIGINS": "https://a.example", "SSE_MAX_CONNECTIONS": "1"}
+    )
+    allowed = {"Origin": "https://a.example"}
+    bad = httpx.get(f"{server.url}/stream?channel=bad%20name", headers=allowed, timeout=5)
+    assert bad.status_code == 400
+    assert bad.headers["access-control-allow-origin"] == "https://a.example"
+    denied = httpx.get(f"{server.url}/stream?channel=forbidden", headers=allowed, timeout=5)
+    assert denied.status_code == 403
+    assert denied.headers["access-control-allow-origin"] == "https://a.example"
+    assert RawStream(server.port, "/stream").status == 200  # takes the one slot
+    full = httpx.get(f"{server.url}/stream", headers=allowed, timeout=5)
+    assert full.status_code == 503
+    assert full.headers["access-control-allow-origin"] == "https://a.example"
+    # Retry-After is not safelisted: the page reads it only if it is exposed.
+    assert full.headers["access-control-expose-headers"] == "Retry-After"
+    assert int(full.headers["retry-after"]) >= 1
+    other = httpx.get(
+        f"{server.url}/stream?channel=forbidden", headers={"Origin": "https://evil.example"},
+        timeout=5,
+    )  # fmt: skip
+    assert other.status_code == 403
+    assert not [k for k in other.headers if k.startswith("access-control-")]
 
 
 def test_a_cors_preflight_allows_last_event_id_for_allowed_origins(gunicorn) -> None:
