@@ -54,6 +54,12 @@ log = logging.getLogger("flask_sse_keepalive")
 
 _ids = itertools.count(1)
 
+#: Written once the broker has positioned the stream (after any replay or
+#: ``stream-reset``): from then on every published event reaches it. With the
+#: memory broker it is part of the first bytes; with Redis it follows once
+#: Redis has confirmed the subscription. Tests wait for it.
+SUBSCRIBED = b": sse-keepalive subscribed\n\n"
+
 
 class Connection(DirectWriter):
     """One open stream. Created per request by the stream view or ``@sse_stream``.
@@ -77,6 +83,7 @@ class Connection(DirectWriter):
         "_live",
         "_pending",
         "_registry",
+        "_subscribed",
         "_wake",
         "channels",
         "client_key",
@@ -130,6 +137,7 @@ class Connection(DirectWriter):
         self._last_write = time.monotonic()
         self._deadline: float | None = None
         self._close_reason: str | None = None
+        self._subscribed = False
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {','.join(self.channels)} from {self.remote_addr}>"
@@ -150,6 +158,12 @@ class Connection(DirectWriter):
         self._registry.stats.resets += 1
         data = {"reason": reason, "last_event_id": self.last_event_id}
         self._send(Event(data=data, event="stream-reset", id=position).encode())
+
+    def ready(self) -> None:
+        """Say once that the stream is subscribed (see :data:`SUBSCRIBED`)."""
+        if not self._subscribed:
+            self._subscribed = True
+            self._send(SUBSCRIBED)
 
     def send_event(self, event: Event) -> bool:
         """Send an event made by an ``@sse_stream`` view (no broker, no id order).

@@ -16,12 +16,17 @@ class Collector:
     channels: tuple[str, ...]
     messages: list[Message] = field(default_factory=list)
     resets: list[tuple[str, str, int]] = field(default_factory=list)
+    #: how many messages it had each time the broker said it was ready
+    ready_at: list[int] = field(default_factory=list)
 
     def deliver(self, message: Message) -> None:
         self.messages.append(message)
 
     def reset(self, reason: str, position: str, seq: int) -> None:
         self.resets.append((reason, position, seq))
+
+    def ready(self) -> None:
+        self.ready_at.append(len(self.messages))
 
     @property
     def data(self) -> list[str]:
@@ -61,6 +66,7 @@ def test_resume_over_two_channels_replays_in_id_order_then_goes_live() -> None:
     client = Collector(("a", "b"))
     broker.attach(client, first.id)
     assert client.data == ["b1", "a2"]
+    assert client.ready_at == [2], "ready once, after the replay"
     publish(broker, "b", "b2")
     assert client.data == ["b1", "a2", "b2"]
     assert client.resets == []
@@ -89,6 +95,7 @@ def test_ids_that_cannot_be_resumed_reset(make_id, reason: str) -> None:
     broker.attach(client, make_id(broker))
     assert client.resets == [(reason, f"{broker.epoch}-1", 1)]
     assert client.messages == []
+    assert client.ready_at == [0]
 
 
 def test_an_evicted_position_resets_but_one_inside_history_does_not() -> None:

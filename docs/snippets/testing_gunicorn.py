@@ -34,7 +34,9 @@ def server():
 def test_headline_reaches_a_real_stream(server):
     with httpx.stream("GET", f"{server}/stream?channel=news", timeout=10) as response:
         lines = response.iter_lines()
-        assert next(lines) == "retry: 3000"  # sent at once: subscribed
+        assert next(lines) == "retry: 3000"  # sent at once
+        # Once subscribed, whatever is published reaches the stream.
+        assert ": sse-keepalive subscribed" in lines
         httpx.post(f"{server}/news", json={"title": "Hello"})
         data = next(line for line in lines if line.startswith("data:"))
         assert data == 'data: {"title":"Hello"}'

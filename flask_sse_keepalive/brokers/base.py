@@ -69,6 +69,11 @@ class Subscriber(Protocol):
     def reset(self, reason: str, position: str, seq: int) -> None:
         """Start the stream at ``position`` with a ``stream-reset`` event."""
 
+    def ready(self) -> None:
+        """Subscribed and positioned: the replay (or reset) has been delivered,
+        and every event published from now on will be. Called at least once
+        per :meth:`Broker.attach`; the subscriber ignores repeats."""
+
 
 def format_id(epoch: str, seq: int) -> str:
     return f"{epoch}-{seq}"
@@ -104,7 +109,7 @@ class Broker(abc.ABC):
         those channels (in id order), then live events, with no gap, duplicate
         or reordering at the seam; if that cannot be done without a gap, call
         ``subscriber.reset(...)`` first and go live from the current position.
-        May complete later (a remote broker that is down): it must not block
+        Then call ``subscriber.ready()``. May complete later (a remote broker that is down): it must not block
         the caller for long.
         """
 

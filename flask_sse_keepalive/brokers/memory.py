@@ -97,14 +97,14 @@ class MemoryBroker(Broker):
         with self._lock:
             for name in subscriber.channels:
                 self._channel(name).add(subscriber)
-            if last_event_id is None:
-                return
-            after = self._resume_point(subscriber, last_event_id)
-            if isinstance(after, ResumeError):
-                subscriber.reset(after.reason, format_id(self.epoch, self._seq), self._seq)
-                return
-            for message in self._replay(subscriber.channels, after):
-                subscriber.deliver(message)
+            if last_event_id is not None:
+                after = self._resume_point(subscriber, last_event_id)
+                if isinstance(after, ResumeError):
+                    subscriber.reset(after.reason, format_id(self.epoch, self._seq), self._seq)
+                else:
+                    for message in self._replay(subscriber.channels, after):
+                        subscriber.deliver(message)
+            subscriber.ready()
 
     def _resume_point(self, subscriber: Subscriber, last_event_id: str) -> int | ResumeError:
         parsed = parse_id(last_event_id)

@@ -477,3 +477,4 @@ class Fanout:
             if message.seq > record.last:
                 subscriber.deliver(message)
                 record.last = message.seq
+        subscriber.ready()

@@ -40,6 +40,8 @@ class Recorder:
         self.seqs: list[int] = []
         self.messages: list[Message] = []
         self.resets: list[dict] = []
+        #: how many events it had each time the broker said it was ready
+        self.ready_at: list[int] = []
 
     def deliver(self, message: Message) -> None:
         self.seqs.append(message.seq)
@@ -48,6 +50,9 @@ class Recorder:
     def reset(self, reason: str, position: str, seq: int) -> None:
         self.resets.append({"reason": reason, "position": position, "after": len(self.seqs)})
         self.seqs.append(-seq)  # a marker in the sequence: "reset to seq"
+
+    def ready(self) -> None:
+        self.ready_at.append(len(self.seqs))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -301,8 +306,7 @@ def down(url: str) -> dict:
     print("waiting-for-redis", flush=True)
     # The test starts redis-server now; the broker's backoff finds it.
     wait_until(lambda: bool(resumer.resets), 20, "the reset once Redis answers")
-    gevent.sleep(0.3)  # let the live subscriber's position settle too
-    wait_until(lambda: not broker._process.fanout.pending, 20, "every subscriber positioned")  # type: ignore[union-attr]
+    wait_until(lambda: bool(live.ready_at and resumer.ready_at), 20, "both subscribers ready")
     message = broker.publish("a", Event(data="y"))
     wait_until(
         lambda: message.seq in live.seqs and message.seq in resumer.seqs, 10, "live delivery"
@@ -315,6 +319,7 @@ def down(url: str) -> dict:
         "live": live.seqs,
         "resumer": resumer.seqs,
         "resumer_resets": resumer.resets,
+        "resumer_ready_at": resumer.ready_at,
         "published_seq": message.seq,
     }
 

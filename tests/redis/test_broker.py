@@ -165,5 +165,6 @@ def test_streams_wait_for_redis_then_replay_and_go_live(
     assert result["publish_seconds"] < 5
     # the resumer's id is from no history Redis has: reset, then live
     assert [r["reason"] for r in result["resumer_resets"]] == ["unknown-epoch"]
+    assert result["resumer_ready_at"] == [1], "ready once, right after the reset"
     assert result["resumer"][-1] == result["published_seq"]
     assert result["live"] == [result["published_seq"]]
