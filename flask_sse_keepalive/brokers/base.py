@@ -109,8 +109,8 @@ class Broker(abc.ABC):
         those channels (in id order), then live events, with no gap, duplicate
         or reordering at the seam; if that cannot be done without a gap, call
         ``subscriber.reset(...)`` first and go live from the current position.
-        Then call ``subscriber.ready()``. May complete later (a remote broker that is down): it must not block
-        the caller for long.
+        Then call ``subscriber.ready()``. May complete later (a remote broker
+        that is down): it must not block the caller for long.
         """
 
     @abc.abstractmethod
