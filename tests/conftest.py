@@ -2,6 +2,12 @@
 
 Every process a fixture starts is stopped by pid when the test ends, and every
 wait is bounded and says what it waited for.
+
+The suite tests the settings each test gives, not the caller's: the ``SSE_*``
+variables of the environment pytest runs in are dropped from this process
+before any test app is imported or any server is started (the runner
+switches, :data:`~tests.apps.settings.RUNNER_SWITCHES`, stay, for the
+fixtures), and :func:`server_environ` gives started processes none at all.
 """
 
 from __future__ import annotations
@@ -19,8 +25,29 @@ from pathlib import Path
 
 import pytest
 
+from tests.apps.settings import sse_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
+
+#: The caller's settings, dropped (for the report header).
+IGNORED_SETTINGS = sorted(sse_settings())
+for _key in IGNORED_SETTINGS:
+    del os.environ[_key]
+
+
+def pytest_report_header() -> str | None:
+    if not IGNORED_SETTINGS:
+        return None
+    return "ignored from the environment (tests set their own): " + ", ".join(IGNORED_SETTINGS)
+
+
+def server_environ(settings: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process a test starts: this one's without any
+    ``SSE_*`` variable (runner switches included), the repository on
+    ``PYTHONPATH``, and ``settings``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
+    return {**env, "PYTHONPATH": str(ROOT), **(settings or {})}
 
 
 def free_port() -> int:
@@ -85,7 +112,8 @@ def gunicorn(tmp_path: Path) -> Iterator:
 
     ``gunicorn("tests.apps.basic:app", env={"SSE_HEARTBEAT_INTERVAL": "0.2"})``
     returns a :class:`Server`; every server started is stopped at teardown.
-    App modules read their ``SSE_*`` settings from the environment.
+    App modules read their ``SSE_*`` settings from the environment, which
+    holds only those of ``env`` (see :func:`server_environ`).
     """
     started: list[Server] = []
 
@@ -110,7 +138,7 @@ def gunicorn(tmp_path: Path) -> Iterator:
             *args,
             app,
         ]  # fmt: skip
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        full_env = server_environ(env)
         log = open(log_path, "wb")  # the process owns it
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         log.close()

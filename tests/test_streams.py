@@ -38,6 +38,12 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def read_first_bytes(stream: RawStream) -> None:
+    """Read up to the stream's subscribed marker, so that nothing unread is
+    left when the test closes it (a close with unread bytes sends an RST)."""
+    stream.wait_for(lambda s: "sse-keepalive subscribed" in s.parser.comments, 5, "first bytes")
+
+
 def test_headers_and_first_bytes_arrive_at_once(gunicorn) -> None:
     server = gunicorn(APP, env={"SSE_RETRY_MS": "1234", "SSE_HEARTBEAT_INTERVAL": "30"})
     started = time.monotonic()
@@ -51,6 +57,19 @@ def test_headers_and_first_bytes_arrive_at_once(gunicorn) -> None:
     assert stream.wire.startswith(b"retry: 1234\n: sse-keepalive heartbeat-interval=30\n\n")
     assert stream.parser.retries == [1234]
     stream.close()
+
+
+def test_a_server_takes_its_settings_from_the_test_alone(gunicorn, monkeypatch) -> None:
+    # As if from the shell pytest runs in (the suite drops those at start).
+    monkeypatch.setenv("SSE_HEARTBEAT_INTERVAL", "1000")
+    monkeypatch.setenv("SSE_BROKER_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("SSE_REQUIRE_REDIS", "1")
+    server = gunicorn(APP, env={"SSE_RETRY_MS": "1234"})
+    stream = RawStream(server.port, "/stream?channel=a")
+    read_first_bytes(stream)
+    assert stream.wire.startswith(b"retry: 1234\n: sse-keepalive heartbeat-interval=15\n\n")
+    assert publish(server, "on the memory broker", channel="a")[0].endswith("-1")
+    stream.wait_for(lambda s: s.events, 5, "the event")
 
 
 def test_heartbeats_flow_while_idle_and_pause_while_events_flow(gunicorn) -> None:

@@ -1,7 +1,7 @@
 """A test app: the stream blueprint, an ``@sse_stream`` view and control routes.
 
 Settings come from ``SSE_*`` environment variables so that a test can start
-it under gunicorn with its own configuration.
+it under gunicorn with its own configuration (see :mod:`tests.apps.settings`).
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import time
 from flask import Flask, abort, current_app, jsonify, request
 
 from flask_sse_keepalive import SSE, Event, signals, sse_stream
+from tests.apps.settings import sse_settings
 
 if os.environ.get("TEST_DEBUG_LOG"):
     logging.basicConfig(level=logging.DEBUG)
 
 app = Flask(__name__)
-for key, value in os.environ.items():
-    if key.startswith("SSE_"):
-        app.config[key] = value
+app.config.update(sse_settings())
 sse = SSE(app)
 
 if os.environ.get("TEST_METRICS"):

@@ -1,22 +1,20 @@
 """A test app on the Redis broker: the stream blueprint and control routes.
 
 Settings come from ``SSE_*`` environment variables (``SSE_BROKER_URL`` names
-the test's redis-server), so that a test can start it under gunicorn, or
-import it in a publishing process, with its own configuration.
+the test's redis-server; see :mod:`tests.apps.settings`), so that a test can
+start it under gunicorn, or import it in a publishing process, with its own
+configuration.
 """
 
 from __future__ import annotations
 
-import os
-
 from flask import Flask, jsonify, request
 
 from flask_sse_keepalive import SSE
+from tests.apps.settings import sse_settings
 
 app = Flask(__name__)
-for key, value in os.environ.items():
-    if key.startswith("SSE_"):
-        app.config[key] = value
+app.config.update(sse_settings())
 sse = SSE(app)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Server
+from tests.conftest import ROOT, Server, server_environ
 
 APP = "tests.apps.redis_app:app"
 
@@ -47,7 +47,7 @@ class Publisher:
             sys.executable, "-m", "tests.redis.publisher", "--count", str(count),
             "--start", str(start), "--rate", str(rate), "--channels", channels,
         ]  # fmt: skip
-        env = {**_environ(), "PYTHONPATH": str(ROOT), **app_env(url)}
+        env = server_environ(app_env(url))
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
@@ -84,21 +84,18 @@ def publisher() -> Iterator[Callable[..., Publisher]]:
         process.stop()
 
 
-def _environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
-
-
 def scenario_command(name: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "tests.redis.scenarios", name, *args]
 
 
 def run_scenario(name: str, *args: str, timeout: float = 60) -> dict:
     """Run a broker scenario in a gevent-patched process; return what it saw."""
-    env = {**_environ(), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        scenario_command(name, *args), cwd=ROOT, env=env, capture_output=True, timeout=timeout
+        scenario_command(name, *args),
+        cwd=ROOT,
+        env=server_environ(),
+        capture_output=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, f"scenario {name} failed:\n{proc.stderr.decode()[-4000:]}"
     return json.loads(proc.stdout.decode().strip().splitlines()[-1])
