@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -59,6 +60,16 @@ def test_headers_and_first_bytes_arrive_at_once(gunicorn) -> None:
     stream.close()
 
 
+def heartbeat_times(stream: RawStream) -> list[float]:
+    """When each heartbeat arrived (``time.monotonic()``)."""
+    pairs = zip(stream.comment_times, stream.parser.comments, strict=True)
+    return [t for t, comment in pairs if comment == "heartbeat"]
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
 def test_a_server_takes_its_settings_from_the_test_alone(gunicorn, monkeypatch) -> None:
     # As if from the shell pytest runs in (the suite drops those at start).
     monkeypatch.setenv("SSE_HEARTBEAT_INTERVAL", "1000")
@@ -73,14 +84,29 @@ def test_a_server_takes_its_settings_from_the_test_alone(gunicorn, monkeypatch) 
 
 
 def test_heartbeats_flow_while_idle_and_pause_while_events_flow(gunicorn) -> None:
-    server = gunicorn(APP, env=FAST)
+    server = gunicorn(APP, env={"SSE_HEARTBEAT_INTERVAL": "0.3"})
     stream = RawStream(server.port, "/stream?channel=a")
-    stream.wait_for(lambda s: s.parser.comments.count("heartbeat") >= 3, 3, "three heartbeats")
-    started = time.monotonic()
-    stream.wait_for(lambda s: s.parser.comments.count("heartbeat") >= 8, 5, "eight heartbeats")
-    elapsed = time.monotonic() - started
-    # five more heartbeats at 0.2 s need about a second, not much less
-    assert elapsed > 0.6
+    stream.wait_for(lambda s: s.parser.comments.count("heartbeat") >= 5, 5, "five heartbeats")
+    # Measured as they arrive: the client does nothing but read meanwhile.
+    idle = gaps(heartbeat_times(stream))
+    assert len(idle) == 4 and all(0.25 <= gap <= 0.6 for gap in idle), idle
+    # 40 events, one every 0.05 s: the line is never silent for 0.3 s.
+    httpx.post(
+        f"{server.url}/control/series?channel=a&count=40&interval=0.05", timeout=10
+    ).raise_for_status()
+    stream.wait_for(lambda s: len(s.events) == 40, 10, "forty events")
+    first, last = stream.event_times[0], stream.event_times[-1]
+    assert last - first > 1.5  # five heartbeat intervals and more
+    # In the order of the bytes (arrival times tie within one read).
+    flowing = stream.wire[stream.wire.index(b"data: 1\n") : stream.wire.index(b"data: 40\n")]
+    assert flowing.count(b": heartbeat\n") == 0, "heartbeats while events flowed"
+    # Idle again: heartbeats resume, the first one an interval after the last event.
+    count = len(heartbeat_times(stream))
+    stream.wait_for(
+        lambda s: len(heartbeat_times(s)) >= count + 3, 5, "three heartbeats after the events"
+    )
+    resumed = [last] + [t for t in heartbeat_times(stream) if t > last]
+    assert all(0.25 <= gap <= 0.6 for gap in gaps(resumed)), gaps(resumed)
     stream.close()
 
 
@@ -211,12 +237,14 @@ def test_abrupt_disconnects_release_everything(gunicorn) -> None:
     streams = [RawStream(server.port, f"/stream?channel=c{n % 3}") for n in range(20)]
     wait_until(lambda: stats(server)["connections"] == 20, 5, "20 open streams")
     for n, stream in enumerate(streams):
+        read_first_bytes(stream)
         stream.close(abort=n % 2 == 0)  # half reset, half FIN
     # Idle channels, a 30 s heartbeat: only watching the socket notices this fast.
     wait_until(lambda: stats(server)["connections"] == 0, 2, "all 20 streams released")
     figures = stats(server)
     assert figures["channels"] == {}
     assert figures["disconnects"] == {"client": 20}
+    assert figures["heartbeats"] == 0
 
 
 def test_the_decorated_generator_is_closed_when_the_client_leaves(gunicorn) -> None:
@@ -313,7 +341,10 @@ def test_an_http_1_0_client_gets_an_unchunked_stream(gunicorn) -> None:
     stream.wait_for(lambda s: s.events, 5, "the event")
     assert "transfer-encoding" not in stream.headers
     assert stream.data() == ["old client"]
-    stream.close()
+    # Without chunks, the end of the body is the server's FIN: no reset.
+    httpx.post(f"{server.url}/control/shutdown", timeout=5).raise_for_status()
+    stream.read_to_end(3)
+    assert stream.parser.comments[-1] == "shutdown"
 
 
 def test_signals_report_connects_and_disconnects_with_reasons(gunicorn) -> None:
