@@ -3,12 +3,15 @@
 Settings come from ``SSE_*`` environment variables (``SSE_BROKER_URL`` names
 the test's redis-server; see :mod:`tests.apps.settings`), so that a test can
 start it under gunicorn, or import it in a publishing process, with its own
-configuration.
+configuration. Every response says which worker process answered it
+(``X-Worker-Pid``), streams included.
 """
 
 from __future__ import annotations
 
-from flask import Flask, jsonify, request
+import os
+
+from flask import Flask, Response, jsonify, request
 
 from flask_sse_keepalive import SSE
 from tests.apps.settings import sse_settings
@@ -16,6 +19,12 @@ from tests.apps.settings import sse_settings
 app = Flask(__name__)
 app.config.update(sse_settings())
 sse = SSE(app)
+
+
+@app.after_request
+def _worker_pid(response: Response) -> Response:
+    response.headers["X-Worker-Pid"] = str(os.getpid())
+    return response
 
 
 @app.post("/control/publish")

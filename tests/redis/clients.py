@@ -40,6 +40,15 @@ class Client:
         self.sock: socket.socket | None = None
         self.status = 0
         self.started = False  # the first bytes (``retry:``) arrived
+        #: the worker that answers the current connection (``X-Worker-Pid``)
+        self.pid: int | None = None
+        #: a connection answered by this worker is dropped before its body is
+        #: read, and made again (see :meth:`Fleet.reconnect`)
+        self.avoid_pid: int | None = None
+        #: connections dropped for that reason
+        self.avoided = 0
+        #: the worker of every connection whose body was read, in order
+        self.pids: list[int | None] = []
         self._parser = Parser()
         self._seen = 0
         self._raw = b""
@@ -64,6 +73,7 @@ class Client:
         self.connects += 1
         self.status = 0
         self.started = False
+        self.pid = None
         self._parser = Parser()
         self._seen = 0
         self._raw = b""
@@ -79,7 +89,8 @@ class Client:
     # -- reading ----------------------------------------------------------
 
     def on_readable(self) -> bool:
-        """Read what is there; ``False`` on EOF (the socket is then closed)."""
+        """Read what is there; ``False`` on EOF, or when the connection was
+        answered by the worker to avoid (the socket is then closed)."""
         assert self.sock is not None
         while True:
             try:
@@ -92,15 +103,33 @@ class Client:
                 self.disconnect()
                 return False
             self._raw += data
-            self._decode()
+            if not self._decode():
+                self.avoided += 1
+                self.disconnect()
+                return False
 
-    def _decode(self) -> None:
+    @property
+    def avoiding(self) -> bool:
+        """The last connection was dropped for its worker: make another."""
+        return self.sock is None and self.avoid_pid is not None and self.pid == self.avoid_pid
+
+    def _decode(self) -> bool:
+        """Decode what was read; ``False`` if the response came from the worker to avoid."""
         if not self._head_done:
             if b"\r\n\r\n" not in self._raw:
-                return
+                return True
             head, self._raw = self._raw.split(b"\r\n\r\n", 1)
-            self.status = int(head.split(b" ", 2)[1])
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            self.status = int(status_line.split(" ", 2)[1])
+            headers = {}
+            for line in header_lines:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            self.pid = int(headers["x-worker-pid"]) if "x-worker-pid" in headers else None
             self._head_done = True
+            if self.avoid_pid is not None and self.pid == self.avoid_pid:
+                return False
+            self.pids.append(self.pid)
         data, self._raw = self._raw, b""
         for chunk in self._chunks.feed(data):
             self.started = True
@@ -111,6 +140,7 @@ class Client:
                 self.events.append(event)
                 if event.last_event_id:
                     self.last_event_id = event.last_event_id
+        return True
 
     # -- what a test reads ------------------------------------------------
 
@@ -134,7 +164,11 @@ class Fleet:
         self.selector.register(client.connect(), selectors.EVENT_READ, client)
         return client
 
-    def reconnect(self, client: Client) -> None:
+    def reconnect(self, client: Client, *, elsewhere: bool = False) -> None:
+        """Connect ``client`` again; ``elsewhere``: until a worker other than
+        the one that answered it last does (each connection to that one is
+        dropped as soon as its head shows the worker, before any event)."""
+        client.avoid_pid = client.pid if elsewhere else None
         self.drop(client)
         self.selector.register(client.connect(), selectors.EVENT_READ, client)
 
@@ -149,7 +183,9 @@ class Fleet:
             sock = client.sock
             if not client.on_readable():
                 self.selector.unregister(sock)  # type: ignore[arg-type]
-                if client.reconnect_on_eof:
+                if client.avoiding:
+                    self.selector.register(client.connect(), selectors.EVENT_READ, client)
+                elif client.reconnect_on_eof:
                     # As EventSource does when a stream ends: come back with the last id.
                     time.sleep(random.uniform(0, 0.05))
                     self.selector.register(client.connect(), selectors.EVENT_READ, client)

@@ -109,18 +109,30 @@ def test_resume_across_workers_on_two_channels(
 
     publish(range(1, 41))
     fleet.wait(expect(40), 30, "the first 40 events")
+    assert all(c.pid is not None for c in fleet.clients), "X-Worker-Pid on every stream"
     for client in fleet.clients:
         fleet.drop(client)
     publish(range(41, 81))  # missed while away
     for client in fleet.clients:
-        # Back with the Last-Event-ID header, to whichever worker accepts it.
+        # Back with the Last-Event-ID header, to a worker other than the one
+        # that served it before (a connection to that one is dropped at its
+        # head, before any event, and made again).
         assert client.last_event_id
-        fleet.reconnect(client)
+        fleet.reconnect(client, elsewhere=True)
+    fleet.wait(
+        lambda: all(c.pid is not None and not c.avoiding for c in fleet.clients),
+        30,
+        lambda: f"every client on another worker; avoided {[c.avoided for c in fleet.clients]}",
+    )
     publish(range(81, 101))  # live after the resume
     fleet.wait(expect(100), 30, "the missed and the new events")
+    for client in fleet.clients:
+        first, resumed = client.pids
+        assert first != resumed, "the resume reached another worker"
+        assert client.connects == 2 + client.avoided
     for client in both:
         assert client.numbers() == list(range(1, 101))
-        assert (client.connects, client.resets()) == (2, [])
+        assert client.resets() == []
     for client in right:
         assert client.numbers() == list(range(1, 101, 2))
         assert client.resets() == []
