@@ -14,7 +14,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from .brokers.base import BrokerUnavailable
-from .views import CHANNEL_NAME
+from .event import channel_problem
 
 sse_cli = AppGroup("sse", help="Server-sent events: publish, tail, stats.")
 
@@ -74,8 +74,9 @@ def tail_command(
     resumes with the last id it printed when the connection drops.
     """
     for channel in channels:
-        if not CHANNEL_NAME.fullmatch(channel):
-            raise click.BadParameter(f"invalid channel name {channel!r}", param_hint="CHANNELS")
+        problem = channel_problem(channel)
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint="CHANNELS")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise click.BadParameter(f"not an http(s) URL: {url!r}", param_hint="--url")

@@ -7,15 +7,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Response, current_app
-from flask.globals import request_ctx
+from flask import Response, copy_current_request_context, g
 
-from . import runtime
+from . import server
 from .event import to_event
-from .stream import Connection
-from .views import client_key_for, current_registry, open_stream, refusal, server_problem
+from .stream import CloseReason, Connection
+from .views import current_extension, open_stream, refusal, server_problem
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 __all__ = ["sse_stream"]
 
@@ -39,10 +41,12 @@ def sse_stream(view: Callable[..., Any]) -> Callable[..., Any]:
 
     * The code before the first ``yield`` runs before any byte is sent, so
       ``abort(403)`` there is an ordinary error response.
-    * After that the generator runs in its own greenlet with the request
-      context (``request``, ``g``, ``session`` work), while heartbeats keep
-      the line alive; it is slowed down (not dropped) while the client reads
-      slowly, and dropped as ``slow`` after ``SSE_SEND_TIMEOUT`` without room.
+    * After that the generator runs in its own greenlet with a copy of the
+      request context: ``request`` and ``session`` work, and ``g`` holds what
+      the view put there before its first ``yield``. Heartbeats keep the line
+      alive meanwhile. The generator is slowed down (not dropped) while the
+      client reads slowly, and dropped as ``slow`` after ``SSE_SEND_TIMEOUT``
+      without room.
     * When the client goes away (or the worker stops) the generator is closed:
       its ``finally`` runs. An exception in it ends the stream cleanly and is
       logged; the client sees the stream end, not a traceback.
@@ -52,12 +56,13 @@ def sse_stream(view: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        registry = current_registry()
-        problem = server_problem(registry)
+        extension = current_extension()
+        state = extension.state()
+        problem = server_problem(state)
         if problem is not None:
             return problem
-        client_key = client_key_for(current_app.extensions["sse"])
-        refused = refusal(registry, client_key)
+        client_key = extension.request_client_key()
+        refused = refusal(state, client_key)
         if refused is not None:
             return refused
         result = view(*args, **kwargs)
@@ -69,7 +74,7 @@ def sse_stream(view: Callable[..., Any]) -> Callable[..., Any]:
             first = next(result)
         except StopIteration:
             first = _NOTHING
-        producer = _GeneratorProducer(result, registry.settings.queue_size)
+        producer = _GeneratorProducer(result, state.settings)
 
         def body(connection: Connection, first_bytes: bytes) -> Iterator[bytes]:
             if first is not _NOTHING:
@@ -78,7 +83,7 @@ def sse_stream(view: Callable[..., Any]) -> Callable[..., Any]:
                 producer.finished = True
             return connection.body(first_bytes, producer)
 
-        return open_stream(registry, [], None, client_key, body=body)
+        return open_stream(state, [], None, client_key, body=body)
 
     return wrapper
 
@@ -86,23 +91,34 @@ def sse_stream(view: Callable[..., Any]) -> Callable[..., Any]:
 class _GeneratorProducer:
     """Runs the view's generator beside the connection, in the request context."""
 
-    def __init__(self, generator: Iterator[Any], queue_size: int) -> None:
+    def __init__(self, generator: Iterator[Any], settings: Settings) -> None:
         self.generator = generator
         self.finished = False
-        self._context = request_ctx.copy()
+        # What the view put in g before its first yield, for the copied context
+        # (which gets an app context, and a g, of its own).
+        values = dict(vars(g._get_current_object()))
+
+        @copy_current_request_context
+        def run(connection: Connection) -> None:
+            for name, value in values.items():
+                setattr(g, name, value)
+            self._run(connection)
+
+        self._run_in_context = run
         # Keep a backlog of at most half the queue so heartbeats and the
         # final bytes always fit.
-        self._high_water = max(1, queue_size // 2)
+        self._high_water = max(1, settings.queue_size // 2)
+        self._send_timeout = settings.send_timeout
         self._runner: Any = None
 
     def start(self, connection: Connection) -> None:
-        if runtime.gevent_patched():
+        if server.gevent_patched():
             import gevent
 
-            self._runner = gevent.spawn(self._run, connection)
+            self._runner = gevent.spawn(self._run_in_context, connection)
         else:
             self._runner = threading.Thread(
-                target=self._run, args=(connection,), name=f"sse-stream-{connection.id}"
+                target=self._run_in_context, args=(connection,), name=f"sse-stream-{connection.id}"
             )
             self._runner.daemon = True
             self._runner.start()
@@ -124,20 +140,16 @@ class _GeneratorProducer:
             close()
 
     def _run(self, connection: Connection) -> None:
-        reason = "server"
+        reason: CloseReason = "server"
         try:
-            with self._context:
-                if self.finished:
+            if self.finished:
+                return
+            for item in self.generator:
+                if not connection.send_event(to_event(item)):
                     return
-                send_timeout = connection._registry.settings.send_timeout
-                for item in self.generator:
-                    if not connection.send_event(to_event(item)):
-                        return
-                    if connection.backlog >= self._high_water and not self._wait_for_room(
-                        connection, send_timeout
-                    ):
-                        reason = "slow"
-                        return
+                if connection.backlog >= self._high_water and not self._wait_for_room(connection):
+                    reason = "slow"
+                    return
         except Exception:
             log.exception("the @sse_stream generator of %s failed", connection)
             reason = "error"
@@ -148,10 +160,10 @@ class _GeneratorProducer:
                 log.exception("closing the @sse_stream generator of %s failed", connection)
             connection.close(reason)
 
-    def _wait_for_room(self, connection: Connection, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    def _wait_for_room(self, connection: Connection) -> bool:
+        deadline = time.monotonic() + self._send_timeout
         while connection.backlog >= self._high_water:
-            if connection._close_reason is not None:
+            if connection.closed:
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -1,37 +1,49 @@
-"""Writing to a socket that the connection owns (gevent servers).
+"""A connection that writes to its socket itself (gevent servers that expose it).
 
 Where the server exposes the client socket (gunicorn ``-k gevent`` and
-``gevent_pywsgi``, gevent's ``WSGIServer``), a connection writes HTTP/1.1
-chunks itself once the server has sent the head and the first chunk. The
-fan-out writes without blocking (:meth:`Connection._send`); only a full socket
-queues a backlog, which the connection's own greenlet drains in one write.
-That greenlet also arms the heartbeat timer, watches the socket for the
-client's EOF and ends the response.
+``gevent_pywsgi``, gevent's ``WSGIServer``), a :class:`DirectConnection`
+writes HTTP/1.1 chunks itself once the server has sent the head and the first
+chunk. The fan-out writes without blocking (:meth:`DirectConnection._send`);
+only a full socket queues a backlog, which the connection's own greenlet
+drains. That greenlet also arms the heartbeat timer, watches the socket for
+the client's EOF and ends the response.
 
-Under gunicorn ``-k gevent`` the connection goes further and keeps a
-duplicate of the socket, so that gunicorn's request handler (its greenlet,
-parser and environ) is freed: an idle stream then costs about 10 KB.
+* **owned** (gunicorn ``-k gevent``): the connection keeps a duplicate of the
+  socket and lets gunicorn's request handler (its greenlet, parser and
+  environ) go, so an idle stream costs about 10 KB; the stream then runs in a
+  greenlet of its own.
+* **direct** (``gevent_pywsgi``, gevent's ``WSGIServer``): the connection
+  writes from the server's handler greenlet, which it keeps until the end.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import random
+import errno
 import socket
 import time
-import weakref
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.hub import Waiter
+from gevent.socket import wait as wait_on_watcher
+
+from .stream import ABORT_REASONS, FAREWELL_REASONS, HEARTBEAT, CloseReason, Connection, Producer
 
 if TYPE_CHECKING:
-    from .registry import Registry
-    from .stream import Connection, Producer
+    from .state import AppState
 
-log = logging.getLogger("flask_sse_keepalive")
+__all__ = ["DirectConnection"]
 
-HEARTBEAT = b": heartbeat\n\n"
-#: reasons after which the socket is in an unknown state and is cut at once
-ABORT_REASONS = frozenset({"client", "slow", "error"})
+#: A first chunk (the first bytes and what was queued before them, e.g. a
+#: replay) up to this size goes out with the response head; a bigger backlog
+#: is written by the connection, under its own send timeout.
+FIRST_CHUNK_LIMIT = 16 * 1024
+#: A clean close (shutdown, lifetime) that meets a write in progress lets it
+#: finish for at most this long, so the goodbye lands on a chunk boundary;
+#: then the line is cut without one.
+CLOSE_GRACE = 1.0
 
 
 def frame(payload: bytes) -> bytes:
@@ -54,58 +66,146 @@ def frame_shared(payload: bytes) -> bytes:
     return frame_
 
 
-class DirectWriter:
-    """The socket-owning half of :class:`~.stream.Connection` (a mixin)."""
+class DirectConnection(Connection):
+    """A stream that writes HTTP/1.x to the client socket itself.
+
+    :param sock: the server's gevent client socket (not TLS).
+    :param chunked: frame the body as HTTP/1.1 chunks (not for HTTP/1.0).
+    :param hand_over: take the socket over from the server (gunicorn
+        ``-k gevent``, which lets a request go whose body raises ``EPIPE``).
+    """
 
     __slots__ = (
+        "_broken",
         "_busy",
         "_chunked",
         "_heartbeat",
-        "_last_write",
         "_partial",
         "_raw",
         "_readable",
         "_sock",
+        "_waiter",
+        "_waker",
+        "_writable",
     )
 
-    #: the gevent socket (for blocking writes) ...
-    _sock: Any
-    #: ... and the OS-level socket under it (for writes that never switch)
-    _raw: Any
-    _chunked: bool
-    #: the unsent end of a chunk the fan-out could only partly write
-    _partial: bytes
-    #: a blocking write is under way: others queue behind it
-    _busy: bool
-    _readable: bool
-    _heartbeat: Any
-    _last_write: float
+    def __init__(
+        self,
+        state: AppState,
+        channels: Sequence[str],
+        *,
+        sock: Any,
+        chunked: bool = True,
+        hand_over: bool = False,
+        last_event_id: str | None = None,
+        remote_addr: str | None = None,
+        client_key: str | None = None,
+    ) -> None:
+        super().__init__(
+            state,
+            channels,
+            last_event_id=last_event_id,
+            remote_addr=remote_addr,
+            client_key=client_key,
+            cut=sock,
+        )
+        self.mode = "owned" if hand_over else "direct"
+        #: the gevent socket (for blocking writes) ...
+        self._sock = sock
+        #: ... and the OS-level socket under it (for writes that never switch)
+        self._raw: Any = sock._sock
+        self._chunked = chunked
+        #: the unsent end of a chunk the fan-out could only partly write
+        self._partial = b""
+        #: a blocking write is under way: others queue behind it
+        self._busy = False
+        #: a write failed part-way: the body's framing cannot be completed
+        self._broken = False
+        self._readable = False
+        self._heartbeat: Any = None
+        self._writable: Any = None
+        hub = gevent.get_hub()
+        self._waiter: Any = Waiter(hub)
+        self._waker = Waker(self._waiter, hub.loop)
 
-    if TYPE_CHECKING:
-        _pending: list[bytes]
-        _wake: Any
-        _deadline: float | None
-        _close_reason: str | None
-        _registry: Registry
+    # -- the write path: from the fan-out, never blocking ------------------------
 
-        def close(self, reason: str) -> None: ...
-        def _send(self, payload: bytes) -> None: ...
-        def _take(self) -> bytes: ...
-        def _release(self, reason: str, producer: Producer | None) -> None: ...
-        def _reason_for(self, exc: BaseException) -> str: ...
+    def _send(self, payload: bytes) -> None:
+        if (
+            self._live
+            and not self._busy
+            and not self._pending
+            and not self._partial
+            and self._close_reason is None
+        ):
+            data = frame_shared(payload) if self._chunked else payload
+            try:
+                sent = self._raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._broken = True
+                self.close("client")
+                return
+            self._last_write = time.monotonic()
+            if sent == len(data):
+                return
+            self._partial = data[sent:]
+            self._wake()
+            return
+        self._queue(payload)
 
-    def _farewell(self, reason: str) -> bytes:
-        # Spread reconnects so a restart does not become a stampede.
-        retry = int(self._registry.settings.retry_ms * random.uniform(0.5, 1.5))
-        return f": {reason}\nretry: {retry}\n\n".encode()
+    def _wake(self) -> None:
+        self._waker.set()
 
-    def _wire(self, payload: bytes) -> bytes:
-        """``payload`` as it goes on the socket: one chunk, unless HTTP/1.0."""
-        return frame(payload) if self._chunked else payload
+    @property
+    def backlog(self) -> int:
+        return len(self._pending) + (1 if self._partial else 0)
 
-    def _shutdown_socket(self) -> None:
-        with contextlib.suppress(OSError):
-            self._raw.shutdown(socket.SHUT_RDWR)
+    def close(self, reason: CloseReason) -> None:
+        if self._close_reason is not None:
+            return
+        super().close(reason)
+        if self._busy and reason not in ABORT_REASONS:
+            # A client that reads slowly is being written to: give the write
+            # a moment to end on a chunk boundary, then cut the line.
+            grace = self._waker.loop.timer(CLOSE_GRACE)
+            grace.start(self._cut_if_busy, grace)
+
+    def _cut_if_busy(self, timer: Any) -> None:
+        timer.close()
+        if self._busy:
+            self.cut()
+
+    # -- the stream's life --------------------------------------------------------
+
+    def body(self, first: bytes, producer: Producer | None = None) -> Iterator[bytes]:
+        reason: CloseReason = "client"
+        handed_over = False
+        try:
+            self._begin()
+            self._set_nodelay()
+            queued = sum(map(len, self._pending))
+            # The server sends the head and this first chunk, through every
+            # middleware, exactly as for any response.
+            yield first + self._take() if queued <= FIRST_CHUNK_LIMIT else first
+            self._last_write = time.monotonic()
+            self._live = True
+            if self.mode == "owned":
+                self._take_socket()
+                handed_over = True
+                gevent.spawn(self._serve_owned, producer)
+                raise HandedOver(errno.EPIPE, "the stream continues in its own greenlet")
+            reason = self._serve(producer)
+        except HandedOver:
+            raise
+        except BaseException as exc:
+            reason = self._reason_for(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            if not handed_over:
+                self._release(reason, producer)
 
     def _take_socket(self) -> None:
         """Keep a duplicate of the client socket for this connection alone.
@@ -116,11 +216,10 @@ class DirectWriter:
         """
         own = self._sock.dup()
         self._sock = own
-        self._raw = own._sock
-        _handed_over.add(self)
+        self._raw = self._cut = own._sock
 
-    def _serve_handed_over(self, producer: Producer | None) -> None:
-        reason = "error"
+    def _serve_owned(self, producer: Producer | None) -> None:
+        reason: CloseReason = "error"
         try:
             reason = self._serve(producer)
         except BaseException as exc:
@@ -128,7 +227,6 @@ class DirectWriter:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            _handed_over.discard(self)
             self._release(reason, producer)
             self._sock.close()
 
@@ -138,7 +236,7 @@ class DirectWriter:
         with contextlib.suppress(OSError):  # not TCP: a unix socket behind a proxy
             self._raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def _serve(self, producer: Producer | None) -> str:
+    def _serve(self, producer: Producer | None) -> CloseReason:
         """Own the socket until the stream ends; return the reason.
 
         This greenlet owns the connection: it arms the heartbeat timer,
@@ -150,27 +248,23 @@ class DirectWriter:
         wakes the greenlet only if the socket is full. A greenlet switch per
         heartbeat would cost more than the write itself.
         """
-        import gevent
-        from gevent.hub import Waiter
-
-        hub = gevent.get_hub()
-        loop = hub.loop
-        waiter: Any = Waiter(hub)
-        self._wake = Waker(waiter, loop)
+        loop = self._waker.loop
+        waiter = self._waiter
         if producer is not None:
-            producer.start(cast("Connection", self))
-        send_timeout = self._registry.settings.send_timeout
-        reader = loop.io(self._raw.fileno(), 1)
+            producer.start(self)
+        fileno = self._raw.fileno()
+        reader = loop.io(fileno, 1)
         reader.start(self._on_readable)
-        self._arm_heartbeat(loop, self._registry.settings.heartbeat_interval)
+        self._writable = loop.io(fileno, 2)
+        self._arm_heartbeat(loop, self._interval)
         lifetime = None
         if self._deadline is not None:
             lifetime = loop.timer(max(0.0, self._deadline - time.monotonic()))
             lifetime.start(self.close, "lifetime")
         try:
-            while self._close_reason not in ABORT_REASONS:
+            while self._close_reason not in ABORT_REASONS and not self._broken:
                 if self._partial or self._pending:
-                    self._flush(send_timeout)
+                    self._flush()
                     continue
                 if self._close_reason is not None:
                     break  # a clean close, after what was queued before it
@@ -184,6 +278,7 @@ class DirectWriter:
                         reader.stop()
         finally:
             reader.close()
+            self._writable.close()
             self._heartbeat.close()
             if lifetime is not None:
                 lifetime.close()
@@ -200,63 +295,77 @@ class DirectWriter:
         self._heartbeat.close()
         if self._close_reason is not None:
             return
-        interval = self._registry.settings.heartbeat_interval
+        interval = self._interval
         silent = time.monotonic() - self._last_write
         # A timer may fire a hair before the clock reaches its due time;
         # without the slack that would cost a second wake-up.
         if silent >= interval * 0.99:
             if not (self._busy or self._pending or self._partial):
-                self._registry.stats.heartbeats += 1
+                self._state.stats.heartbeats += 1
                 self._send(HEARTBEAT)
             silent = 0.0
         self._arm_heartbeat(loop, interval - silent)
 
     def _on_readable(self) -> None:
         self._readable = True
-        self._wake.set()
+        self._wake()
 
-    def _flush(self, send_timeout: float) -> None:
-        import gevent
-
+    def _flush(self) -> None:
+        """Write the backlog (blocking this greenlet only) or end the stream."""
         self._busy = True
         try:
             data = self._partial
             self._partial = b""
             payload = self._take()
             if payload:
-                data += self._wire(payload)
-            with gevent.Timeout(send_timeout, SendTimeout):
-                self._sock.sendall(data)
+                data += frame(payload) if self._chunked else payload
+            self._write(data)
             self._last_write = time.monotonic()
         except SendTimeout:
-            self._registry.stats.slow += 1
-            log.warning("dropping slow client %s: no progress in %s s", self, send_timeout)
-            self.close("slow")
+            self._drop_slow(f"no progress in {self._send_timeout} s")
         except OSError:
             self.close("client")
         finally:
             self._busy = False
 
-    def _finish(self, reason: str) -> None:
+    def _write(self, data: bytes) -> None:
+        """Write all of ``data``; fail if the socket takes nothing for
+        ``SSE_SEND_TIMEOUT`` (a slow reader that makes progress is kept)."""
+        view = memoryview(data)
+        try:
+            while view:
+                try:
+                    sent = self._raw.send(view)
+                except BlockingIOError:
+                    sent = 0
+                if sent:
+                    view = view[sent:]
+                else:
+                    wait_on_watcher(self._writable, self._send_timeout, SendTimeout)
+        except BaseException:
+            self._broken = True
+            raise
+
+    def _finish(self, reason: CloseReason) -> None:
         """End the HTTP response ourselves and close the connection.
 
         Closing (not keeping it alive) makes the client reconnect on a new
         connection, which after a shutdown or a lifetime rotation reaches a
-        live, possibly different, worker.
+        live, possibly different, worker. The goodbye is written only where
+        the body is whole: a write that failed part-way leaves a chunk that
+        cannot be finished.
         """
-        if reason not in ABORT_REASONS:
-            import gevent
-
-            data = self._wire(self._farewell(reason)) if reason in ("shutdown", "lifetime") else b""
+        if reason not in ABORT_REASONS and not self._broken and not self._partial:
+            data = self._farewell(reason) if reason in FAREWELL_REASONS else b""
             if self._chunked:
-                data += b"0\r\n\r\n"  # the last chunk: the response is complete
+                data = (frame(data) if data else b"") + b"0\r\n\r\n"  # the last chunk
             try:
                 # Bounded: a stalled client must not hold up a worker's shutdown.
-                with gevent.Timeout(1.0, SendTimeout):
+                with gevent.Timeout(CLOSE_GRACE, SendTimeout):
                     self._sock.sendall(data)
             except (OSError, SendTimeout):
                 pass
-        self._shutdown_socket()
+        self.cut()
 
     def _check_eof(self) -> bool:
         """After the socket turned readable: close on EOF or reset.
@@ -278,24 +387,24 @@ class DirectWriter:
 
 
 class Waker:
-    """Wakes the greenlet parked in :meth:`DirectWriter._serve`, from anywhere.
+    """Wakes the greenlet parked in :meth:`DirectConnection._serve`, from anywhere.
 
     Cheaper than an event: one callback in the hub that switches straight to
     the parked greenlet (through a :class:`gevent.hub.Waiter`, which keeps
     the value if the greenlet is busy elsewhere, e.g. in a blocking write).
     """
 
-    __slots__ = ("_loop", "_scheduled", "_waiter")
+    __slots__ = ("_scheduled", "_waiter", "loop")
 
     def __init__(self, waiter: Any, loop: Any) -> None:
         self._waiter = waiter
-        self._loop = loop
+        self.loop = loop
         self._scheduled = False
 
     def set(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            self._loop.run_callback(self._fire)
+            self.loop.run_callback(self._fire)
 
     def _fire(self) -> None:
         self._scheduled = False
@@ -311,21 +420,5 @@ class HandedOver(OSError):
     """
 
 
-#: Streams that run in their own greenlet, for the shutdown at exit.
-_handed_over: weakref.WeakSet[DirectWriter] = weakref.WeakSet()
-
-
-def close_handed_over(timeout: float) -> None:
-    """End the streams that run in their own greenlets (at process exit)."""
-    import gevent
-
-    streams = list(_handed_over)
-    for connection in streams:
-        connection.close("shutdown")
-    deadline = time.monotonic() + timeout
-    while _handed_over and time.monotonic() < deadline:
-        gevent.sleep(0.05)
-
-
 class SendTimeout(Exception):
-    pass
+    """A write made no progress within ``SSE_SEND_TIMEOUT``."""

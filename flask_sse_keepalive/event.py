@@ -20,7 +20,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Event", "encode_comment", "to_event"]
+__all__ = [
+    "CHANNEL_RULE",
+    "Event",
+    "channel_problem",
+    "check_channel",
+    "encode_comment",
+    "to_event",
+]
+
+#: What a channel name may be: 1 to 128 of ``A-Z a-z 0-9 _ - . : @``.
+CHANNEL_RULE = "1-128 characters from A-Z a-z 0-9 _ - . : @"
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9_\-.:@]{1,128}")
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\x00]")
@@ -84,6 +95,10 @@ class Event:
             # Encode now so that bad data fails where the event is made.
             object.__setattr__(self, "data", _json(self.data))
 
+    def with_id(self, event_id: str) -> Event:
+        """This event with the id a broker gave it."""
+        return Event(data=self.data, event=self.event, id=event_id, retry=self.retry)
+
     def encode(self) -> bytes:
         """The event as ``text/event-stream`` bytes, ending in a blank line."""
         parts: list[str] = []
@@ -99,6 +114,25 @@ class Event:
             parts.append(f"retry: {self.retry}\n")
         parts.append("\n")
         return "".join(parts).encode("utf-8")
+
+
+def channel_problem(name: object) -> str | None:
+    """Why ``name`` is not a valid channel name, or ``None`` if it is."""
+    if isinstance(name, str) and _CHANNEL_NAME.fullmatch(name):
+        return None
+    shown = name[:140] if isinstance(name, str) else name
+    return f"invalid channel name {shown!r}: use {CHANNEL_RULE}"
+
+
+def check_channel(name: str) -> str:
+    """``name`` if it is a valid channel name.
+
+    :raises ValueError: saying what a channel name may be.
+    """
+    problem = channel_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
 
 
 def encode_comment(text: str) -> bytes:

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from blinker import ANY, Signal
-from flask import Flask, Response, current_app, has_app_context
+from flask import Flask, current_app, has_app_context, request
 
-from . import runtime, signals
+from . import server, signals
 from .cli import sse_cli
-from .event import Event
-from .registry import DEFAULTS, Registry, Settings
-from .views import CHANNEL_NAME, make_blueprint, plain
+from .config import DEFAULTS, Settings
+from .event import Event, check_channel
+from .state import AppState
+from .views import make_blueprint
 
 log = logging.getLogger("flask_sse_keepalive")
 
@@ -34,7 +35,7 @@ class SSE:
     """
 
     def __init__(self, app: Flask | None = None) -> None:
-        self._registries: weakref.WeakKeyDictionary[Flask, Registry] = weakref.WeakKeyDictionary()
+        self._states: weakref.WeakKeyDictionary[Flask, AppState] = weakref.WeakKeyDictionary()
         self._authorize: Callable[[str], bool] | None = None
         self._client_key: Callable[[], Any] | None = None
         if app is not None:
@@ -53,27 +54,39 @@ class SSE:
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         settings = Settings.from_config(app.config)
-        self._registries[app] = Registry(app, settings)
+        if settings.cors_origins and "*" in settings.cors_origins and settings.cors_credentials:
+            log.warning(
+                "%s: SSE_CORS_ORIGINS='*' with SSE_CORS_CREDENTIALS lets every site read the "
+                "streams of your signed-in users (the origin is echoed); list the origins instead",
+                app.name,
+            )
+        self._states[app] = AppState(app, settings)
         app.extensions["sse"] = self
-        app.register_blueprint(make_blueprint(self), url_prefix=app.config["SSE_URL_PREFIX"])
+        app.register_blueprint(make_blueprint(self), url_prefix=settings.url_prefix)
         app.cli.add_command(sse_cli)
-        runtime.check_server(app.name, settings.broker_url)
+        server.check_server(app.name, settings.broker_url)
 
-    def _registry(self, app: Flask) -> Registry:
+    def state(self, app: Flask | None = None) -> AppState:
+        """The state of ``app`` (default: the current app) in this process:
+        its settings, broker, open streams and counters. For tools and tests;
+        an app needs only :meth:`publish` and :meth:`stats`.
+
+        :raises RuntimeError: outside an app context without ``app``, or for
+            an app this extension is not set up on.
+        """
+        if app is None:
+            if not has_app_context():
+                raise RuntimeError(
+                    "SSE needs an application context: use it in a request, a CLI command, "
+                    "or inside `with app.app_context():`."
+                )
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
         try:
-            return self._registries[app]
+            return self._states[app]
         except KeyError:
             raise RuntimeError(
                 "this SSE extension is not set up on the current app: did you forget init_app?"
             ) from None
-
-    def _current_registry(self) -> Registry:
-        if not has_app_context():
-            raise RuntimeError(
-                "SSE needs an application context: use it in a request, a CLI command, "
-                "or inside `with app.app_context():`."
-            )
-        return self._registry(current_app._get_current_object())  # type: ignore[attr-defined]
 
     def publish(
         self,
@@ -86,30 +99,31 @@ class SSE:
         """Publish an event to every stream on ``channel`` (in every process that
         shares the broker) and keep it in the channel's history.
 
+        With Redis this is one round trip. It waits at most about a second
+        for a connection to Redis; a Redis that accepted the connection but
+        does not answer holds it up to the socket timeout (5 s).
+
         :param data: a ``str`` sent as is, or any JSON-encodable value.
         :param event: the event type; ``None`` for the default ``message``.
         :param channel: the channel name (1-128 of ``A-Z a-z 0-9 _ - . : @``).
         :param retry: a reconnection delay for the clients, in milliseconds.
         :return: the id the broker gave the event.
         :raises ValueError: for an invalid channel, event type or retry.
-        :raises BrokerUnavailable: if the broker cannot store the event.
+        :raises BrokerUnavailable: if the broker cannot store the event. When
+            Redis failed after the event was sent, it may have been stored
+            (and delivered) nonetheless: the message says which case it is.
         """
-        if not isinstance(channel, str) or not CHANNEL_NAME.fullmatch(channel):
-            raise ValueError(
-                f"invalid channel name {channel!r}: use 1-128 characters from A-Z a-z 0-9 _ - . : @"
-            )
+        check_channel(channel)
         # None is JSON null here: an event without data would never reach a page.
         message_event = Event(data="null" if data is None else data, event=event, retry=retry)
-        registry = self._current_registry()
-        message = registry.broker.publish(channel, message_event)
-        registry.stats.published += 1
+        state = self.state()
+        published = state.broker.publish(channel, message_event)
+        state.stats.published += 1
         if signals.event_published.receivers:
-            published = Event(data=message_event.data, event=event, id=message.id, retry=retry)
-            try:
-                signals.event_published.send(registry.app, event=published, channel=channel)
-            except Exception:
-                log.exception("a receiver of event-published failed")
-        return message.id
+            state.send(
+                signals.event_published, event=message_event.with_id(published.id), channel=channel
+            )
+        return published.id
 
     def authorize(self, fn: F) -> F:
         """Register ``fn(channel) -> bool``, asked once per requested channel.
@@ -121,6 +135,12 @@ class SSE:
         self._authorize = fn
         return fn
 
+    def authorized(self, channel: str) -> bool:
+        """Whether the current request may subscribe to ``channel``: what the
+        :meth:`authorize` hook says (``True`` without one). Exceptions of the
+        hook propagate."""
+        return True if self._authorize is None else bool(self._authorize(channel))
+
     def client_key(self, fn: F) -> F:
         """Register ``fn() -> str`` naming the client for
         ``SSE_MAX_CONNECTIONS_PER_CLIENT`` (default: the remote address).
@@ -129,18 +149,13 @@ class SSE:
         self._client_key = fn
         return fn
 
-    def _check_authorized(self, channels: list[str]) -> Response | None:
-        if self._authorize is None:
-            return None
-        for channel in channels:
-            try:
-                allowed = self._authorize(channel)
-            except Exception:
-                log.exception("the authorize hook failed for channel %r", channel)
-                return plain(500, "Could not check access to the requested channels.")
-            if not allowed:
-                return plain(403, f"Not allowed to subscribe to channel {channel!r}.")
-        return None
+    def request_client_key(self) -> str | None:
+        """What the current request counts as for ``SSE_MAX_CONNECTIONS_PER_CLIENT``:
+        the :meth:`client_key` hook's answer, else the remote address."""
+        if self._client_key is not None:
+            key = self._client_key()
+            return None if key is None else str(key)
+        return request.remote_addr
 
     def relay(
         self,
@@ -159,9 +174,9 @@ class SSE:
         :param data: ``(sender, **kwargs) -> data``; default: the kwargs dict.
         :param sender: only relay sends from this sender.
         :return: the receiver, for ``signal.disconnect(receiver)``.
+        :raises ValueError: for an invalid channel.
         """
-        if not CHANNEL_NAME.fullmatch(channel):
-            raise ValueError(f"invalid channel name {channel!r}")
+        check_channel(channel)
 
         def receiver(sent_by: Any, **kwargs: Any) -> None:
             payload = data(sent_by, **kwargs) if data is not None else kwargs
@@ -180,12 +195,12 @@ class SSE:
         see :attr:`Connection.mode <flask_sse_keepalive.stream.Connection>`)
         and ``pid``.
         """
-        registry = self._current_registry()
-        stats = registry.stats
+        state = self.state()
+        stats = state.stats
         return {
             "pid": os.getpid(),
-            "connections": len(registry.connections),
-            "channels": registry.broker.subscriber_counts(),
+            "connections": len(state.connections),
+            "channels": state.broker.subscriber_counts(),
             "published": stats.published,
             "delivered": stats.delivered,
             "heartbeats": stats.heartbeats,
@@ -195,7 +210,7 @@ class SSE:
             "connects": stats.connects,
             "disconnects": dict(stats.disconnects),
             "modes": dict(stats.modes),
-            "shutting_down": registry.shutting_down,
+            "shutting_down": state.shutting_down,
         }
 
     def shutdown(self) -> None:
@@ -203,4 +218,4 @@ class SSE:
         new ones with ``503``. Under gunicorn this happens by itself when the
         worker stops; call it from your own server's shutdown otherwise.
         """
-        self._current_registry().shutdown()
+        self.state().shutdown()

@@ -30,7 +30,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
 
-from . import runtime
+from . import server
 
 if TYPE_CHECKING:
     from flask import Flask, Response
@@ -116,7 +116,7 @@ class PrometheusMetrics:
             self._seen[key] = value
 
     def _start_timer(self) -> None:
-        if self._started or not runtime.gevent_patched():
+        if self._started or not server.gevent_patched():
             return
         self._started = True
         import gevent

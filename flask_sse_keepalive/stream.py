@@ -1,67 +1,81 @@
-"""One client connection: its bounded queue, resume seam, modes and cleanup.
+"""One client connection: its bounded queue, the resume seam, its end.
 
 A :class:`Connection` is the broker's subscriber and the body of the HTTP
 response. Events reach it through :meth:`Connection.deliver`, called from the
-publisher's fan-out, which must never block; how the bytes then reach the
-socket depends on what the server offers:
+publisher's fan-out, which must never block. This class writes through the
+WSGI iterator: the server writes what it yields. That serves every server;
+under gevent the view uses :class:`~.direct.DirectConnection` instead where
+the server exposes the client socket, which writes to the socket itself.
 
-* **direct** (gevent servers that expose the client socket): the connection
-  writes chunks itself, without blocking from the fan-out, and one greenlet of
-  its own drains a backlog, arms heartbeats and watches for EOF; under
-  gunicorn ``-k gevent`` it also takes the socket over from gunicorn's
-  request handler. See :mod:`.direct`.
-* **iterator** (no socket exposed, TLS or HTTP/2 in the server, or
-  ``SSE_DIRECT_WRITE = False``): payloads are queued and the WSGI iterator
-  yields them, coalesced; it writes the heartbeat itself after an idle interval.
-* **threaded** (the development server, tests): like iterator, with
+* **iterator** (gevent without a usable socket: TLS in the server, or
+  ``SSE_DIRECT_WRITE = False``): payloads are queued and the iterator yields
+  them, coalesced; it writes the heartbeat itself after an idle interval. A
+  write the server cannot finish within ``SSE_SEND_TIMEOUT``, or a full
+  queue, ends the stream as ``slow`` and cuts the socket under the server.
+* **threaded** (no gevent: ``flask run``, the test client): the same, with
   thread-safe waiting.
 
 Whatever ends the stream, one method (:meth:`Connection._release`), called
 from exactly one ``finally``, gives back what it took: the broker
-subscription, the producer of an ``@sse_stream`` view, the registry slot, and
+subscription, the producer of an ``@sse_stream`` view, the state's slot, and
 sends ``client_disconnected`` with the reason.
 """
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import itertools
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .direct import (
-    ABORT_REASONS,
-    HEARTBEAT,
-    DirectWriter,
-    HandedOver,
-    Waker,
-    frame_shared,
-)
 from .event import Event
-from .runtime import gevent_patched
+from .server import gevent_patched
 
 if TYPE_CHECKING:
-    from .brokers.base import Message
-    from .registry import Registry
+    from .brokers.base import Message, ResetReason
+    from .state import AppState
 
-__all__ = ["Connection"]
+__all__ = ["ABORT_REASONS", "CloseReason", "Connection", "Mode", "Producer"]
 
 log = logging.getLogger("flask_sse_keepalive")
 
-_ids = itertools.count(1)
+#: Why a stream ended (``client_disconnected``'s ``reason``): the peer went
+#: away, the worker is stopping, the client could not keep up,
+#: ``SSE_MAX_STREAM_SECONDS`` was reached, the server failed, or an
+#: ``@sse_stream`` generator ended.
+CloseReason = Literal["client", "shutdown", "slow", "lifetime", "error", "server"]
+#: How a stream's bytes reach the socket (see :attr:`Connection.mode`).
+Mode = Literal["owned", "direct", "iterator", "threaded"]
+#: Reasons after which the line is in an unknown state: it is cut, no goodbye.
+ABORT_REASONS: frozenset[CloseReason] = frozenset({"client", "slow", "error"})
+#: Reasons whose goodbye carries a spread-out ``retry``, so that clients come
+#: back at once, to a live worker, without all coming back together.
+FAREWELL_REASONS: frozenset[CloseReason] = frozenset({"shutdown", "lifetime"})
 
+HEARTBEAT = b": heartbeat\n\n"
 #: Written once the broker has positioned the stream (after any replay or
 #: ``stream-reset``): from then on every published event reaches it. With the
 #: memory broker it is part of the first bytes; with Redis it follows once
 #: Redis has confirmed the subscription. Tests wait for it.
 SUBSCRIBED = b": sse-keepalive subscribed\n\n"
 
+_ids = itertools.count(1)
 
-class Connection(DirectWriter):
+
+class Producer(Protocol):
+    """Feeds a connection from application code (see ``@sse_stream``)."""
+
+    def start(self, connection: Connection) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Connection:
     """One open stream. Created per request by the stream view or ``@sse_stream``.
 
     Public, read-only attributes (what signal receivers see): ``id`` (unique in
@@ -72,19 +86,26 @@ class Connection(DirectWriter):
     over from gunicorn ``-k gevent``), ``"direct"`` (it writes to the socket
     from the server's handler), ``"iterator"`` (the server writes what the
     WSGI iterator yields) or ``"threaded"`` (development mode).
+
+    :param cut: the client socket, for one use only: ``shutdown()`` when the
+        stream must end while the server is blocked writing to it.
     """
 
     __slots__ = (
         "__weakref__",
         "_close_reason",
+        "_cut",
         "_deadline",
-        "_hand_over",
+        "_event",
+        "_interval",
         "_last_seq",
+        "_last_write",
         "_live",
         "_pending",
-        "_registry",
+        "_queue_size",
+        "_send_timeout",
+        "_state",
         "_subscribed",
-        "_wake",
         "channels",
         "client_key",
         "connected_at",
@@ -96,15 +117,13 @@ class Connection(DirectWriter):
 
     def __init__(
         self,
-        registry: Registry,
+        state: AppState,
         channels: Sequence[str],
         *,
         last_event_id: str | None = None,
         remote_addr: str | None = None,
         client_key: str | None = None,
-        sock: Any = None,
-        chunked: bool = True,
-        hand_over: bool = False,
+        cut: Any = None,
     ) -> None:
         self.id = next(_ids)
         self.channels = tuple(channels)
@@ -112,50 +131,39 @@ class Connection(DirectWriter):
         self.last_event_id = last_event_id
         self.connected_at = time.time()
         self.client_key = client_key
-        self._registry = registry
-        # The gevent socket (for blocking writes) and the OS-level socket under
-        # it (for non-blocking ones that never switch greenlets).
-        self._sock = sock
-        self._raw: Any = getattr(sock, "_sock", None) if sock is not None else None
-        self._chunked = chunked
+        self.mode: Mode = "iterator" if gevent_patched() else "threaded"
+        self._state = state
+        settings = state.settings
+        self._interval = settings.heartbeat_interval
+        self._queue_size = settings.queue_size
+        self._send_timeout = settings.send_timeout
+        self._cut = getattr(cut, "_sock", cut)  # the OS socket under gevent's
         self._pending: list[bytes] = []
-        self._partial = b""
-        self._busy = False
         self._live = False
-        # Wakes the writer: a thread-safe event for the iterator, replaced by
-        # a _Waker (a direct greenlet switch) while _serve owns the socket.
-        self._wake: threading.Event | Waker = threading.Event()
-        self._readable = False
-        self._heartbeat: Any = None
-        # gunicorn's own handler can let go of the connection (see body()).
-        self._hand_over = hand_over
-        if sock is None:
-            self.mode = "iterator" if gevent_patched() else "threaded"
-        else:
-            self.mode = "owned" if hand_over else "direct"
         self._last_seq = -1
         self._last_write = time.monotonic()
         self._deadline: float | None = None
-        self._close_reason: str | None = None
+        self._close_reason: CloseReason | None = None
         self._subscribed = False
+        self._event = threading.Event()
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {','.join(self.channels)} from {self.remote_addr}>"
 
-    # -- what the broker and the registry call --------------------------------
+    # -- what the broker calls -------------------------------------------------
 
     def deliver(self, message: Message) -> None:
         """Queue or send one event. Never blocks; drops repeats at a resume seam."""
         if message.seq <= self._last_seq:
             return
         self._last_seq = message.seq
-        self._registry.stats.delivered += 1
+        self._state.stats.delivered += 1
         self._send(message.payload)
 
-    def reset(self, reason: str, position: str, seq: int) -> None:
+    def reset(self, reason: ResetReason, position: str, seq: int) -> None:
         """Begin with ``stream-reset``: the client's id cannot be resumed gap-free."""
         self._last_seq = seq
-        self._registry.stats.resets += 1
+        self._state.stats.resets += 1
         data = {"reason": reason, "last_event_id": self.last_event_id}
         self._send(Event(data=data, event="stream-reset", id=position).encode())
 
@@ -164,6 +172,8 @@ class Connection(DirectWriter):
         if not self._subscribed:
             self._subscribed = True
             self._send(SUBSCRIBED)
+
+    # -- what the app and the state call ----------------------------------------
 
     def send_event(self, event: Event) -> bool:
         """Send an event made by an ``@sse_stream`` view (no broker, no id order).
@@ -178,52 +188,46 @@ class Connection(DirectWriter):
     @property
     def backlog(self) -> int:
         """Payloads waiting to be written."""
-        return len(self._pending) + (1 if self._partial else 0)
+        return len(self._pending)
 
-    def close(self, reason: str) -> None:
+    @property
+    def closed(self) -> bool:
+        """Whether the stream is ending or has ended."""
+        return self._close_reason is not None
+
+    def close(self, reason: CloseReason) -> None:
         """End the stream. Idempotent; the first reason wins; never blocks."""
         if self._close_reason is not None:
             return
         self._close_reason = reason
-        if reason in ABORT_REASONS and self._live and self._raw is not None:
+        if reason in ABORT_REASONS and self._live:
             # A half-written chunk cannot be finished: cut the connection so
             # that a blocked write returns and the server does not reuse it.
-            self._shutdown_socket()
-        self._wake.set()
+            self.cut()
+        self._wake()
 
-    # -- the write path -------------------------------------------------------
+    def cut(self) -> None:
+        """Shut the client socket down (no goodbye), if the connection can reach it."""
+        if self._cut is not None:
+            with contextlib.suppress(OSError):
+                self._cut.shutdown(socket.SHUT_RDWR)
+
+    # -- the queue ---------------------------------------------------------------
 
     def _send(self, payload: bytes) -> None:
+        self._queue(payload)
+
+    def _queue(self, payload: bytes) -> None:
         if self._close_reason is not None:
             return
-        if (
-            self._live
-            and self._raw is not None
-            and not self._busy
-            and not self._pending
-            and not self._partial
-        ):
-            data = frame_shared(payload) if self._chunked else payload
-            try:
-                sent = self._raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.close("client")
-                return
-            self._last_write = time.monotonic()
-            if sent == len(data):
-                return
-            self._partial = data[sent:]
-            self._wake.set()
-            return
-        if self._live and len(self._pending) >= self._registry.settings.queue_size:
-            self._registry.stats.slow += 1
-            log.warning("dropping slow client %s: %d events queued", self, len(self._pending))
-            self.close("slow")
+        if self._live and len(self._pending) >= self._queue_size:
+            self._drop_slow(f"{len(self._pending)} events queued")
             return
         self._pending.append(payload)
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._event.set()
 
     def _take(self) -> bytes:
         # Copy, then delete what was copied: each step is atomic, so an append
@@ -235,7 +239,17 @@ class Connection(DirectWriter):
         del pending[: len(taken)]
         return b"".join(taken)
 
-    # -- the WSGI iterator ----------------------------------------------------
+    def _drop_slow(self, why: str) -> None:
+        self._state.stats.slow += 1
+        log.warning("dropping slow client %s: %s", self, why)
+        self.close("slow")
+
+    def _farewell(self, reason: CloseReason) -> bytes:
+        # Spread reconnects so a restart does not become a stampede.
+        retry = int(self._state.settings.retry_ms * random.uniform(0.5, 1.5))
+        return f": {reason}\nretry: {retry}\n\n".encode()
+
+    # -- the stream's life ---------------------------------------------------------
 
     def body(self, first: bytes, producer: Producer | None = None) -> Iterator[bytes]:
         """The response body. ``first`` is written at once (``retry`` and a comment).
@@ -243,51 +257,42 @@ class Connection(DirectWriter):
         :param producer: what feeds an ``@sse_stream`` connection (started
             once the stream is live, stopped where the connection is released).
         """
-        registry = self._registry
-        reason = "client"
-        handed_over = False
+        reason: CloseReason = "client"
         try:
-            registry.open(self)
-            max_seconds = registry.settings.max_stream_seconds
-            if max_seconds:
-                # Jitter, so that streams opened together do not all rotate together.
-                self._deadline = time.monotonic() + max_seconds * random.uniform(0.9, 1.1)
-            if self.channels:
-                registry.broker.attach(self, self.last_event_id)
-            if self._raw is not None:
-                self._set_nodelay()
-            # The server sends the head and this first chunk, through every
-            # middleware, exactly as for any response.
-            yield first + self._take()
-            self._last_write = time.monotonic()
-            self._live = True
-            if self._raw is None:
-                if producer is not None:
-                    producer.start(self)
-                yield from self._run_iterator()
-                reason = self._close_reason or "server"
-                if reason in ("shutdown", "lifetime"):
-                    yield self._farewell(reason)
-            elif self._hand_over:
-                self._take_socket()
-                handed_over = True
-                import gevent
-
-                gevent.spawn(self._serve_handed_over, producer)
-                raise HandedOver(errno.EPIPE, "the stream continues in its own greenlet")
-            else:
-                reason = self._serve(producer)
-        except HandedOver:
-            raise
+            self._begin()
+            yield from self._bounded(self._stream(first, producer))
+            reason = self._close_reason or "server"
         except BaseException as exc:
             reason = self._reason_for(exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
-            if not handed_over:
-                self._release(reason, producer)
+            self._release(reason, producer)
 
-    def _reason_for(self, exc: BaseException) -> str:
+    def _stream(self, first: bytes, producer: Producer | None) -> Iterator[bytes]:
+        # The server sends the head and this first chunk, through every
+        # middleware, exactly as for any response.
+        yield first + self._take()
+        self._last_write = time.monotonic()
+        self._live = True
+        if producer is not None:
+            producer.start(self)
+        yield from self._chunks()
+        reason = self._close_reason or "server"
+        if reason in FAREWELL_REASONS:
+            yield self._farewell(reason)
+
+    def _begin(self) -> None:
+        """Count the stream in and subscribe it (with its replay)."""
+        self._state.open(self)
+        max_seconds = self._state.settings.max_stream_seconds
+        if max_seconds:
+            # Jitter, so that streams opened together do not all rotate together.
+            self._deadline = time.monotonic() + max_seconds * random.uniform(0.9, 1.1)
+        if self.channels:
+            self._state.broker.attach(self, self.last_event_id)
+
+    def _reason_for(self, exc: BaseException) -> CloseReason:
         """Why the stream ends when ``exc`` escapes the code serving it.
 
         An error is logged and ends the stream cleanly; the caller re-raises
@@ -304,18 +309,39 @@ class Connection(DirectWriter):
         # GreenletExit or SystemExit: the server is killing its handlers.
         return self._close_reason or "shutdown"
 
-    def _release(self, reason: str, producer: Producer | None) -> None:
+    def _release(self, reason: CloseReason, producer: Producer | None) -> None:
         """The one place where a connection gives back what it took."""
         reason = self._close_reason = self._close_reason or reason
         if producer is not None:
             producer.stop()
         if self.channels:
-            self._registry.broker.detach(self)
-        self._registry.release(self, reason)
+            self._state.broker.detach(self)
+        self._state.release(self, reason)
 
-    def _run_iterator(self) -> Iterator[bytes]:
-        interval = self._registry.settings.heartbeat_interval
-        wake = cast(threading.Event, self._wake)
+    def _bounded(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """``chunks``, each of which the server must write within
+        ``SSE_SEND_TIMEOUT``, or the stream is dropped as slow (under gevent,
+        where a timer can watch the server's blocked write)."""
+        if not gevent_patched():
+            yield from chunks
+            return
+        import gevent
+
+        timer = gevent.get_hub().loop.timer(self._send_timeout)
+        try:
+            for chunk in chunks:
+                timer.start(self._drop_slow, f"a write took over {self._send_timeout} s")
+                try:
+                    yield chunk
+                finally:
+                    timer.stop()
+        finally:
+            timer.close()
+
+    def _chunks(self) -> Iterator[bytes]:
+        """What to write next: the queued events, or a heartbeat when idle."""
+        interval = self._interval
+        event = self._event
         while self._close_reason not in ABORT_REASONS:
             now = time.monotonic()
             due = self._last_write + interval
@@ -327,24 +353,16 @@ class Connection(DirectWriter):
             if self._deadline is not None:
                 timeout = min(timeout, self._deadline - now)
             if not self._pending and timeout > 0:
-                wake.wait(timeout)
-            wake.clear()
+                event.wait(timeout)
+            event.clear()
             if self._close_reason in ABORT_REASONS:
                 break
             if self._pending:
                 chunk = self._take()
             elif time.monotonic() >= due:
                 chunk = HEARTBEAT
-                self._registry.stats.heartbeats += 1
+                self._state.stats.heartbeats += 1
             else:
                 continue
             self._last_write = time.monotonic()
             yield chunk
-
-
-class Producer(Protocol):
-    """Feeds a connection from application code (see ``@sse_stream``)."""
-
-    def start(self, connection: Connection) -> None: ...
-
-    def stop(self) -> None: ...

@@ -1,9 +1,9 @@
 """The stream route: request -> validated channels and resume point -> response.
 
 Every refusal is a short plain-text response with the right status: ``400``
-for malformed input, ``403`` when :meth:`SSE.authorize` says no, ``503`` with
-``Retry-After`` when there is no room, and ``500`` naming the fix when the
-server cannot hold streams at all.
+for malformed input, ``403`` when :meth:`SSE.authorize` says no (``500`` when
+the hook fails), ``503`` with ``Retry-After`` when there is no room, and
+``500`` naming the fix when the server cannot hold streams at all.
 """
 
 from __future__ import annotations
@@ -16,20 +16,32 @@ from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, current_app, request
 
-from . import runtime
+from . import server
+from .direct import DirectConnection
+from .event import channel_problem
 from .stream import Connection
 
 if TYPE_CHECKING:
     from .extension import SSE
-    from .registry import Registry
+    from .state import AppState
 
 log = logging.getLogger("flask_sse_keepalive")
 
-#: Channel names: 1 to 128 of these characters.
-CHANNEL_NAME = re.compile(r"[A-Za-z0-9_\-.:@]{1,128}")
 #: A Last-Event-ID longer than this is refused; up to 256 is the documented size.
 MAX_ID_LENGTH = 1024
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+
+#: What ``@sse_stream`` hands the response: ``(connection, first bytes) -> body``.
+Body = Callable[[Connection, bytes], Iterator[bytes]]
+
+
+def current_extension() -> SSE:
+    extension: SSE | None = current_app.extensions.get("sse")
+    if extension is None:
+        raise RuntimeError(
+            "flask_sse_keepalive is not set up on this app: did you forget SSE(app) or init_app?"
+        )
+    return extension
 
 
 def plain(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -39,19 +51,8 @@ def plain(status: int, message: str, headers: dict[str, str] | None = None) -> R
     response = Response(message + "\n", status=status, mimetype="text/plain")
     response.headers.update(headers or {})
     response.headers["Cache-Control"] = "no-store"
-    response.headers.update(cors_headers(current_registry()))
+    response.headers.update(cors_headers(current_extension().state()))
     return response
-
-
-def current_registry() -> Registry:
-    from .extension import SSE
-
-    extension = current_app.extensions.get("sse")
-    if not isinstance(extension, SSE):
-        raise RuntimeError(
-            "flask_sse_keepalive is not set up on this app: did you forget SSE(app) or init_app?"
-        )
-    return extension._registry(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
 def parse_channels(values: list[str], limit: int) -> list[str] | str:
@@ -60,11 +61,9 @@ def parse_channels(values: list[str], limit: int) -> list[str] | str:
     if len(channels) > limit:
         return f"too many channels: {len(channels)} (at most {limit})"
     for name in channels:
-        if not CHANNEL_NAME.fullmatch(name):
-            return (
-                f"invalid channel name {name[:140]!r}: use 1-128 characters from "
-                "A-Z a-z 0-9 _ - . : @"
-            )
+        problem = channel_problem(name)
+        if problem is not None:
+            return problem
     return channels
 
 
@@ -82,23 +81,36 @@ def parse_last_event_id() -> str | Response | None:
     return value
 
 
-def stream_headers(registry: Registry) -> dict[str, str]:
+def access_problem(extension: SSE, channels: list[str]) -> Response | None:
+    """``403`` for a channel the ``authorize`` hook refuses, ``500`` if it fails."""
+    for channel in channels:
+        try:
+            allowed = extension.authorized(channel)
+        except Exception:
+            log.exception("the authorize hook failed for channel %r", channel)
+            return plain(500, "Could not check access to the requested channels.")
+        if not allowed:
+            return plain(403, f"Not allowed to subscribe to channel {channel!r}.")
+    return None
+
+
+def stream_headers(state: AppState) -> dict[str, str]:
     headers = {
         "Content-Type": "text/event-stream; charset=utf-8",
         "Cache-Control": "no-store",
         "X-Accel-Buffering": "no",
     }
-    headers.update(cors_headers(registry))
+    headers.update(cors_headers(state))
     return headers
 
 
-def cors_headers(registry: Registry) -> dict[str, str]:
+def cors_headers(state: AppState) -> dict[str, str]:
     """``Access-Control-Allow-*`` for EventSource (which sends no preflight)."""
-    origins = registry.settings.cors_origins
+    origins = state.settings.cors_origins
     origin = request.headers.get("Origin")
     if not origins or not origin:
         return {}
-    credentials = registry.settings.cors_credentials
+    credentials = state.settings.cors_credentials
     if origin in origins or ("*" in origins and credentials):
         # With credentials the origin must be echoed, never "*".
         headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
@@ -113,12 +125,12 @@ def cors_headers(registry: Registry) -> dict[str, str]:
     return headers
 
 
-def preflight(registry: Registry) -> Response:
+def preflight(state: AppState) -> Response:
     """Answer a CORS preflight: EventSource sends none, but a ``fetch`` client
     that sets ``Last-Event-ID`` on another origin does."""
     response = Response(status=204)
     response.headers["Allow"] = "GET, HEAD, OPTIONS"
-    allowed = cors_headers(registry)
+    allowed = cors_headers(state)
     if allowed:
         response.headers.update(allowed)
         response.headers["Access-Control-Allow-Methods"] = "GET"
@@ -127,66 +139,70 @@ def preflight(registry: Registry) -> Response:
     return response
 
 
-def first_bytes(registry: Registry) -> bytes:
-    settings = registry.settings
+def first_bytes(state: AppState) -> bytes:
+    settings = state.settings
     interval = f"{settings.heartbeat_interval:g}"
     return f"retry: {settings.retry_ms}\n: sse-keepalive heartbeat-interval={interval}\n\n".encode()
 
 
-def server_problem(registry: Registry) -> Response | None:
+def server_problem(state: AppState) -> Response | None:
     """A response refusing the stream when this server cannot hold it."""
-    if runtime.gevent_patched():
+    if server.gevent_patched():
         return None
-    allowed = registry.settings.allow_threads
+    allowed = state.settings.allow_threads
     if allowed is None:
-        allowed = runtime.is_dev_server(request.environ) or current_app.testing
+        allowed = server.is_dev_server(request.environ) or current_app.testing
     if allowed:
         return None
-    runtime.refused(current_app.name)
-    return plain(500, f"This server cannot hold SSE streams: {runtime.FIX}.")
+    server.warn_wrong_server(current_app.name)
+    return plain(500, f"This server cannot hold SSE streams: {server.FIX}.")
 
 
-def refusal(registry: Registry, client_key: str | None) -> Response | None:
-    reason = registry.refusal(client_key)
+def refusal(state: AppState, client_key: str | None) -> Response | None:
+    reason = state.refusal(client_key)
     if reason is None:
         return None
-    registry.stats.refused += 1
+    state.stats.refused += 1
     log.warning("refused a stream from %s: %s", request.remote_addr, reason)
     retry_after = str(random.randint(1, 5))
     return plain(503, f"Service unavailable: {reason}.", {"Retry-After": retry_after})
 
 
 def open_stream(
-    registry: Registry,
+    state: AppState,
     channels: list[str],
     last_event_id: str | None,
     client_key: str | None,
-    body: Callable[[Connection, bytes], Iterator[bytes]] | None = None,
+    body: Body | None = None,
 ) -> Response:
-    """The streaming response for a new :class:`Connection`."""
+    """The streaming response for a new connection, of the class the server allows."""
     environ = request.environ
-    sock = runtime.client_socket(environ) if registry.settings.direct_write else None
-    connection = Connection(
-        registry,
-        channels,
-        last_event_id=last_event_id,
-        remote_addr=request.remote_addr,
-        client_key=client_key,
-        sock=sock,
-        chunked=environ.get("SERVER_PROTOCOL") != "HTTP/1.0",
-        # gunicorn's async workers let go of a request whose body raises EPIPE.
-        hand_over=sock is not None and "gunicorn.socket" in environ,
-    )
-    first = first_bytes(registry)
+    sock = server.client_socket(environ) if state.settings.direct_write else None
+    connection: Connection
+    if sock is not None:
+        connection = DirectConnection(
+            state,
+            channels,
+            sock=sock,
+            chunked=environ.get("SERVER_PROTOCOL") != "HTTP/1.0",
+            # gunicorn's async workers let go of a request whose body raises EPIPE.
+            hand_over="gunicorn.socket" in environ,
+            last_event_id=last_event_id,
+            remote_addr=request.remote_addr,
+            client_key=client_key,
+        )
+    else:
+        connection = Connection(
+            state,
+            channels,
+            last_event_id=last_event_id,
+            remote_addr=request.remote_addr,
+            client_key=client_key,
+            cut=server.cuttable_socket(environ),
+        )
+    first = first_bytes(state)
     iterable = body(connection, first) if body else connection.body(first)
-    return Response(iterable, headers=stream_headers(registry), direct_passthrough=True)
-
-
-def client_key_for(extension: SSE) -> str | None:
-    if extension._client_key is not None:
-        key = extension._client_key()
-        return None if key is None else str(key)
-    return request.remote_addr
+    return Response(iterable, headers=stream_headers(state), direct_passthrough=True)
 
 
 def make_blueprint(extension: SSE) -> Blueprint:
@@ -194,27 +210,27 @@ def make_blueprint(extension: SSE) -> Blueprint:
 
     @blueprint.route("", methods=["GET", "OPTIONS"], strict_slashes=False)
     def stream() -> Response:
-        registry = current_registry()
+        state = extension.state()
         if request.method == "OPTIONS":
-            return preflight(registry)
-        problem = server_problem(registry)
+            return preflight(state)
+        problem = server_problem(state)
         if problem is not None:
             return problem
-        channels = parse_channels(request.args.getlist("channel"), registry.settings.max_channels)
+        channels = parse_channels(request.args.getlist("channel"), state.settings.max_channels)
         if isinstance(channels, str):
             return plain(400, channels)
         last_event_id = parse_last_event_id()
         if isinstance(last_event_id, Response):
             return last_event_id
-        denied = extension._check_authorized(channels)
+        denied = access_problem(extension, channels)
         if denied is not None:
             return denied
-        client_key = client_key_for(extension)
-        refused = refusal(registry, client_key)
+        client_key = extension.request_client_key()
+        refused = refusal(state, client_key)
         if refused is not None:
             return refused
         if request.method == "HEAD":
-            return Response(headers=stream_headers(registry))
-        return open_stream(registry, channels, last_event_id, client_key)
+            return Response(headers=stream_headers(state))
+        return open_stream(state, channels, last_event_id, client_key)
 
     return blueprint

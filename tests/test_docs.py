@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import flask_sse_keepalive
-from flask_sse_keepalive.registry import DEFAULTS
+from flask_sse_keepalive.config import DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

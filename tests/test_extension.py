@@ -21,7 +21,7 @@ def make_app(**config: object) -> Flask:
 def listen(app: Flask, sse: SSE, *channels: str) -> Collector:
     """A subscriber on the app's broker, to see what was published."""
     collector = Collector(channels)
-    sse._registry(app).broker.attach(collector, None)
+    sse.state(app).broker.attach(collector, None)
     return collector
 
 
@@ -72,8 +72,9 @@ def test_an_unknown_broker_scheme_fails_at_init_app() -> None:
 
 
 def test_settings_from_environment_strings() -> None:
-    sse = SSE(make_app(SSE_HEARTBEAT_INTERVAL="0.5", SSE_MAX_CONNECTIONS="10"))
-    settings = next(iter(sse._registries.values())).settings
+    app = make_app(SSE_HEARTBEAT_INTERVAL="0.5", SSE_MAX_CONNECTIONS="10")
+    sse = SSE(app)
+    settings = sse.state(app).settings
     assert settings.heartbeat_interval == 0.5 and settings.max_connections == 10
 
 

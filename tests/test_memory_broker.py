@@ -52,8 +52,8 @@ def test_payload_is_encoded_once_with_its_id() -> None:
     other = Collector(("a",))
     broker.attach(live, None)
     broker.attach(other, None)
-    message = broker.publish("a", Event(data="hi", event="t"))
-    assert message.payload == f"event: t\ndata: hi\nid: {message.id}\n\n".encode()
+    published = broker.publish("a", Event(data="hi", event="t"))
+    assert live.messages[0].payload == f"event: t\ndata: hi\nid: {published.id}\n\n".encode()
     assert live.messages[0].payload is other.messages[0].payload
 
 

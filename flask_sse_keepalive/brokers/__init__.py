@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlsplit
 
 from .base import Broker, BrokerUnavailable, Message
@@ -35,17 +33,19 @@ def check_broker_url(url: str) -> str:
     return scheme
 
 
-def create_broker(config: Mapping[str, Any]) -> Broker:
-    """The broker that ``SSE_BROKER_URL`` names, configured from ``config``."""
-    url = config["SSE_BROKER_URL"]
-    scheme = check_broker_url(url)
-    if scheme == "memory":
-        return MemoryBroker.from_config(url, config)
+def create_broker(url: str, *, history_size: int, redis_prefix: str) -> Broker:
+    """The broker that ``url`` (``SSE_BROKER_URL``) names.
+
+    :param history_size: events kept per channel, at least.
+    :param redis_prefix: prepended to the Redis broker's keys.
+    """
+    if check_broker_url(url) == "memory":
+        return MemoryBroker(history_size=history_size)
     try:
         from .redis import RedisBroker  # type: ignore[import-not-found, unused-ignore]
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError(
             f"SSE_BROKER_URL={url!r} needs redis-py: pip install 'flask-sse-keepalive[redis]'"
         ) from exc
-    broker: Broker = RedisBroker.from_config(url, config)
+    broker: Broker = RedisBroker(url, history_size=history_size, prefix=redis_prefix)
     return broker

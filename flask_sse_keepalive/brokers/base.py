@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from ..event import Event
 
@@ -23,11 +23,20 @@ __all__ = [
     "Broker",
     "BrokerUnavailable",
     "Message",
+    "Published",
+    "ResetReason",
     "ResumeError",
     "Subscriber",
     "format_id",
     "parse_id",
 ]
+
+#: Why a stream starts with ``stream-reset`` (the ``reason`` in its data):
+#: the id is from another life of the history (``unknown-epoch``), does not
+#: parse (``unknown-id``), is ahead of the history (``ahead``), fell out of the
+#: retained history (``evicted``), or the broker lost or rolled back its
+#: history while the stream was open (``broker-reset``).
+ResetReason = Literal["unknown-epoch", "unknown-id", "ahead", "evicted", "broker-reset"]
 
 
 class BrokerUnavailable(RuntimeError):
@@ -48,12 +57,26 @@ class Message(NamedTuple):
     #: the event encoded once, with its ``id:`` line; shared by all subscribers
     payload: bytes
 
+    @classmethod
+    def of(cls, event: Event, epoch: str, seq: int, channel: str) -> Message:
+        """``event`` at position ``seq`` of ``epoch``, encoded with its id."""
+        event_id = format_id(epoch, seq)
+        return cls(seq, event_id, channel, event.with_id(event_id).encode())
+
+
+class Published(NamedTuple):
+    """Where the broker put a published event."""
+
+    #: the public id, ``{epoch}-{seq}``
+    id: str
+    #: position in the epoch's shared sequence
+    seq: int
+
 
 class ResumeError(NamedTuple):
     """Why a ``Last-Event-ID`` cannot be resumed without a gap."""
 
-    #: ``"unknown-epoch"``, ``"evicted"``, ``"unknown-id"`` or ``"ahead"``
-    reason: str
+    reason: ResetReason
 
 
 class Subscriber(Protocol):
@@ -66,7 +89,7 @@ class Subscriber(Protocol):
     def deliver(self, message: Message) -> None:
         """Take one event; must not block or switch greenlets."""
 
-    def reset(self, reason: str, position: str, seq: int) -> None:
+    def reset(self, reason: ResetReason, position: str, seq: int) -> None:
         """Start the stream at ``position`` with a ``stream-reset`` event."""
 
     def ready(self) -> None:
@@ -94,7 +117,7 @@ class Broker(abc.ABC):
     schemes: tuple[str, ...] = ()
 
     @abc.abstractmethod
-    def publish(self, channel: str, event: Event) -> Message:
+    def publish(self, channel: str, event: Event) -> Published:
         """Assign an id to ``event`` (which has none), keep it in the
         channel's history and deliver it to the channel's subscribers.
 

@@ -14,11 +14,10 @@ import heapq
 import secrets
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 from ..event import Event
-from .base import Broker, Message, ResumeError, Subscriber, format_id, parse_id
+from .base import Broker, Message, Published, ResumeError, Subscriber, format_id, parse_id
 
 __all__ = ["MemoryBroker"]
 
@@ -67,31 +66,23 @@ class MemoryBroker(Broker):
         # inside it switches, so it is never waited on.
         self._lock = threading.RLock()
 
-    @classmethod
-    def from_config(cls, url: str, config: Mapping[str, Any]) -> MemoryBroker:
-        return cls(history_size=config["SSE_HISTORY_SIZE"])
-
     def _channel(self, name: str) -> _Channel:
         channel = self._channels.get(name)
         if channel is None:
             channel = self._channels[name] = _Channel(self._history_size)
         return channel
 
-    def publish(self, channel: str, event: Event) -> Message:
+    def publish(self, channel: str, event: Event) -> Published:
         with self._lock:
             self._seq += 1
-            event_id = format_id(self.epoch, self._seq)
-            payload = Event(
-                data=event.data, event=event.event, id=event_id, retry=event.retry
-            ).encode()
-            message = Message(self._seq, event_id, channel, payload)
+            message = Message.of(event, self.epoch, self._seq, channel)
             state = self._channel(channel)
             if len(state.history) == self._history_size:
                 state.evicted_upto = state.history[0].seq
             state.history.append(message)
             for subscriber in state.snapshot():
                 subscriber.deliver(message)
-        return message
+        return Published(message.id, message.seq)
 
     def attach(self, subscriber: Subscriber, last_event_id: str | None) -> None:
         with self._lock:

@@ -22,7 +22,6 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -31,9 +30,9 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from ..event import Event
-from .base import Broker, BrokerUnavailable, Message, Subscriber, format_id
-from .redis_fanout import CONNECTION_ERRORS, Fanout
-from .redis_scripts import PUBLISH, PUBLISH_SHA
+from .base import Broker, BrokerUnavailable, Published, Subscriber, format_id
+from .redis_fanout import Fanout
+from .redis_schema import CONNECTION_ERRORS, PUBLISH, PUBLISH_SHA, Keys, event_fields
 
 __all__ = ["RedisBroker"]
 
@@ -47,27 +46,6 @@ PUBLISH_RETRY_SECONDS = 1.0
 SOCKET_TIMEOUT = 5.0
 
 
-class Keys:
-    """Key names under the prefix (see the key layout in the docs)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        #: a random token naming one life of the history
-        self.epoch = f"{prefix}epoch"
-        #: the seq counter shared by all channels
-        self.seq = f"{prefix}seq"
-        #: hash: channel -> seq of its newest event
-        self.heads = f"{prefix}heads"
-
-    def stream(self, channel: str) -> str:
-        """The Redis Stream holding ``channel``'s history."""
-        return f"{self.prefix}stream:{channel}"
-
-    def live(self, channel: str) -> str:
-        """The pub/sub channel that wakes ``channel``'s live readers."""
-        return f"{self.prefix}live:{channel}"
-
-
 class _Process:
     """The broker's connections and subscribers in one process."""
 
@@ -75,7 +53,8 @@ class _Process:
         self.pid = os.getpid()
         self.broker = broker
         self.pool = self._pool(POOL_SIZE)
-        self._fanout: Fanout | None = None
+        #: made by the first subscriber (a process that only publishes has none)
+        self.fanout: Fanout | None = None
         self._lock = threading.Lock()
 
     def _pool(self, size: int) -> Any:
@@ -92,14 +71,14 @@ class _Process:
             protocol=2,
         )
 
-    @property
-    def fanout(self) -> Fanout:
-        if self._fanout is None:
+    def serving(self) -> Fanout:
+        """The fan-out, made on first use."""
+        if self.fanout is None:
             with self._lock:
-                if self._fanout is None:
+                if self.fanout is None:
                     control = redis.Redis(connection_pool=self._pool(1))
-                    self._fanout = Fanout(self.broker.keys, self.pool, control)
-        return self._fanout
+                    self.fanout = Fanout(self.broker.keys, self.pool, control)
+        return self.fanout
 
     def publish(self, channel: str, fields: list[str]) -> tuple[str, int]:
         keys = self.broker.keys
@@ -146,9 +125,9 @@ class _Process:
         return epoch.decode(), int(seq)
 
     def close(self) -> None:
-        if self._fanout is not None:
-            self._fanout.close()
-            self._fanout.control.connection_pool.disconnect()
+        if self.fanout is not None:
+            self.fanout.close()
+            self.fanout.control.connection_pool.disconnect()
         self.pool.disconnect()
 
 
@@ -180,15 +159,6 @@ class RedisBroker(Broker):
         self._process: _Process | None = None
         self._lock = threading.Lock()
 
-    @classmethod
-    def from_config(cls, url: str, config: Mapping[str, Any]) -> RedisBroker:
-        prefix = config.get("SSE_REDIS_PREFIX")
-        return cls(
-            url,
-            history_size=int(config.get("SSE_HISTORY_SIZE", 1000)),
-            prefix=DEFAULT_PREFIX if prefix is None else str(prefix),
-        )
-
     def _state(self) -> _Process:
         # Connections and threads belong to the process that made them: a
         # broker made before a fork starts afresh in the child.
@@ -200,39 +170,29 @@ class RedisBroker(Broker):
                     state = self._process = _Process(self)
         return state
 
-    def _local(self) -> _Process | None:
+    def _serving(self) -> Fanout | None:
+        """This process's fan-out, if it has one (no connection is made)."""
         state = self._process
-        return state if state is not None and state.pid == os.getpid() else None
+        return state.fanout if state is not None and state.pid == os.getpid() else None
 
-    def publish(self, channel: str, event: Event) -> Message:
-        fields: list[str] = []
-        if event.data is not None:
-            fields += ["d", event.data]
-        if event.event is not None:
-            fields += ["e", event.event]
-        if event.retry is not None:
-            fields += ["r", str(event.retry)]
-        epoch, seq = self._state().publish(channel, fields)
-        event_id = format_id(epoch, seq)
-        payload = Event(data=event.data, event=event.event, id=event_id, retry=event.retry).encode()
-        return Message(seq, event_id, channel, payload)
+    def publish(self, channel: str, event: Event) -> Published:
+        epoch, seq = self._state().publish(channel, event_fields(event))
+        return Published(format_id(epoch, seq), seq)
 
     def attach(self, subscriber: Subscriber, last_event_id: str | None) -> None:
-        self._state().fanout.attach(subscriber, last_event_id)
+        self._state().serving().attach(subscriber, last_event_id)
 
     def detach(self, subscriber: Subscriber) -> None:
-        state = self._local()
-        if state is not None and state._fanout is not None:
-            state._fanout.detach(subscriber)
+        fanout = self._serving()
+        if fanout is not None:
+            fanout.detach(subscriber)
 
     def subscriber_counts(self) -> dict[str, int]:
-        state = self._local()
-        if state is None or state._fanout is None:
-            return {}
-        return state._fanout.counts()
+        fanout = self._serving()
+        return {} if fanout is None else fanout.counts()
 
     def close(self) -> None:
-        state = self._local()
+        state = self._process
         self._process = None
-        if state is not None:
+        if state is not None and state.pid == os.getpid():
             state.close()

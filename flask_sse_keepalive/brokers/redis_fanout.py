@@ -34,18 +34,21 @@ import random
 import secrets
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import redis
 from redis.exceptions import NoScriptError
 
-from ..event import Event
-from .base import Message, Subscriber, format_id, parse_id
-from .redis_scripts import RESUME, RESUME_SHA
-
-if TYPE_CHECKING:
-    from .redis import Keys
+from .base import Message, ResetReason, Subscriber, format_id, parse_id
+from .redis_schema import (
+    CONNECTION_ERRORS,
+    RESUME,
+    RESUME_SHA,
+    Keys,
+    decode_fields,
+    message_from_fields,
+)
 
 log = logging.getLogger("flask_sse_keepalive.redis")
 
@@ -56,8 +59,6 @@ BACKOFF_CAP = 2.5
 PING_INTERVAL = 15.0
 #: How long subscribing may take before the connection is deemed broken.
 SUBSCRIBE_TIMEOUT = 10.0
-
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 #: records that share one read: channels, epoch, seq, forced reason, catch-up
 Group = tuple[tuple[str, ...], str, int, str, bool]
@@ -91,30 +92,6 @@ class _Record:
                 self.forced = "unknown-id"
             else:
                 self.epoch, self.last = parsed
-
-
-def decode_fields(flat: Sequence[Any]) -> dict[str, str]:
-    """``[b"d", b"x", b"e", b"t"]`` -> ``{"d": "x", "e": "t"}``."""
-    it = iter(flat)
-    return {
-        (k.decode() if isinstance(k, bytes) else str(k)): (
-            v.decode() if isinstance(v, bytes) else str(v)
-        )
-        for k, v in zip(it, it, strict=False)
-    }
-
-
-def encode(epoch: str, seq: int, channel: str, fields: Mapping[str, str]) -> Message:
-    """The message for stored fields (``d`` data, ``e`` event type, ``r`` retry)."""
-    event_id = format_id(epoch, seq)
-    retry = fields.get("r")
-    payload = Event(
-        data=fields.get("d"),
-        event=fields.get("e"),
-        id=event_id,
-        retry=int(retry) if retry is not None else None,
-    ).encode()
-    return Message(seq, event_id, channel, payload)
 
 
 #: every fan-out with running threads in this process (see _forget_after_fork)
@@ -265,7 +242,7 @@ class Fanout:
             records = self.by_channel.get(channel)
             if not records:
                 return  # being unsubscribed: the channel's last subscriber left
-            message = encode(epoch, seq, channel, decode_fields(json.loads(flat)))
+            message = message_from_fields(epoch, seq, channel, decode_fields(json.loads(flat)))
             for record in records:
                 if record.held is not None:
                     record.held.append((epoch, message))
@@ -439,7 +416,9 @@ class Fanout:
                 seq = int(entry_id.split(b"-", 1)[0])
                 message = cache.get(seq)
                 if message is None:  # each event encoded once per batch
-                    message = cache[seq] = encode(epoch, seq, channel, decode_fields(flat))
+                    message = cache[seq] = message_from_fields(
+                        epoch, seq, channel, decode_fields(flat)
+                    )
                 messages.append(message)
             lists.append(messages)
         return list(heapq.merge(*lists)) if len(lists) > 1 else (lists[0] if lists else [])
@@ -453,9 +432,11 @@ class Fanout:
         """
         subscriber = record.subscriber
         if status:
-            if record.positioned and status in ("unknown-epoch", "ahead"):
-                status = "broker-reset"  # Redis came back empty, or behind
-            subscriber.reset(status, format_id(epoch, seq), seq)
+            # The resume script answers with one of the reset reasons.
+            reason = cast(ResetReason, status)
+            if record.positioned and reason in ("unknown-epoch", "ahead"):
+                reason = "broker-reset"  # Redis came back empty, or behind
+            subscriber.reset(reason, format_id(epoch, seq), seq)
             record.last = seq
         elif not record.epoch:
             record.last = seq  # a new stream: live from here

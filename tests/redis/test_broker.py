@@ -12,28 +12,40 @@ from collections.abc import Callable
 
 import pytest
 import redis
+from flask import Flask
 
-from flask_sse_keepalive.brokers import BrokerUnavailable, create_broker
+from flask_sse_keepalive import SSE
+from flask_sse_keepalive.brokers import BrokerUnavailable
 from flask_sse_keepalive.brokers.base import parse_id
 from flask_sse_keepalive.brokers.redis import RedisBroker
 from flask_sse_keepalive.event import Event
 from tests.conftest import ROOT, Server, free_port
+from tests.test_memory_broker import Collector
 
 from .conftest import run_scenario, scenario_command
 
 
 def test_publish_from_a_plain_process(redis_url: str) -> None:
     broker = RedisBroker(redis_url, history_size=10, prefix="app1:")
+    reader = Collector(("prices", "news"))
     try:
         first = broker.publish("prices", Event(data="1.5", event="tick", retry=500))
         second = broker.publish("news", Event(data="a\nb"))
+        epoch, seq = parse_id(first.id) or ("", 0)
+        # What a stream resuming from before them gets (in threads: a plain process).
+        broker.attach(reader, f"{epoch}-{seq - 1}")
+        deadline = time.monotonic() + 10
+        while not reader.ready_at:
+            assert time.monotonic() < deadline, "the replay did not come within 10 s"
+            time.sleep(0.02)
     finally:
         broker.close()
-    epoch, seq = parse_id(first.id) or ("", 0)
     assert (first.seq, second.seq) == (seq, seq + 1)
     assert second.id == f"{epoch}-{seq + 1}"
-    assert first.payload == f"event: tick\ndata: 1.5\nid: {first.id}\nretry: 500\n\n".encode()
-    assert second.payload == f"data: a\ndata: b\nid: {second.id}\n\n".encode()
+    assert [m.payload for m in reader.messages] == [
+        f"event: tick\ndata: 1.5\nid: {first.id}\nretry: 500\n\n".encode(),
+        f"data: a\ndata: b\nid: {second.id}\n\n".encode(),
+    ]
     client = redis.Redis.from_url(redis_url)
     # The key layout the docs describe; fields, not encoded bytes, are stored.
     assert sorted(client.keys("app1:*")) == [
@@ -67,12 +79,13 @@ def test_history_is_trimmed_but_keeps_at_least_history_size(redis_url: str) -> N
     assert 150 <= length < 600
 
 
-def test_create_broker_reads_the_config(redis_url: str) -> None:
-    broker = create_broker(
-        {"SSE_BROKER_URL": redis_url, "SSE_HISTORY_SIZE": "5", "SSE_REDIS_PREFIX": "x:"}
-    )
+def test_the_app_config_makes_the_broker(redis_url: str) -> None:
+    app = Flask(__name__)
+    app.config.update(SSE_BROKER_URL=redis_url, SSE_HISTORY_SIZE="5", SSE_REDIS_PREFIX="x:")
+    broker = SSE(app).state(app).broker
     assert isinstance(broker, RedisBroker)
     assert (broker.history_size, broker.keys.epoch) == (5, "x:epoch")
+    broker.close()
 
 
 def test_publish_without_redis_raises_after_a_short_retry() -> None:

@@ -1,23 +1,19 @@
-"""What the server offers: gevent or not, the client socket, worker shutdown.
+"""What the server offers: gevent or not, the client socket, the gunicorn worker.
 
 Streams are long: a server that gives each request an OS thread from a small
 pool (gunicorn ``sync`` or ``gthread``) is blocked by a few of them. This
 module tells which kind of server the app runs in, finds the client socket
-where the server exposes it, and notices when a gunicorn worker starts to
-shut down, so that streams end at once instead of holding the worker until
-``graceful_timeout``.
+where the server exposes it, finds the gunicorn worker (whose shutdown the
+streams follow, see :mod:`.state`), and logs once what will not work here.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
-import weakref
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .registry import Registry
+from typing import Any
 
 log = logging.getLogger("flask_sse_keepalive")
 
@@ -25,12 +21,6 @@ FIX = (
     "run the app under gevent, e.g. `gunicorn -k gevent app:app` "
     "(gunicorn's sync and gthread workers hold one OS thread per open stream)"
 )
-
-#: How often the shutdown watcher looks at the gunicorn worker, in seconds.
-SHUTDOWN_POLL = 0.2
-
-_registries: weakref.WeakSet[Registry] = weakref.WeakSet()
-_watcher: Any = None
 
 
 def gevent_patched() -> bool:
@@ -44,30 +34,48 @@ def is_dev_server(environ: dict[str, Any]) -> bool:
     return str(environ.get("SERVER_SOFTWARE", "")).lower().startswith("werkzeug")
 
 
-def client_socket(environ: dict[str, Any]) -> Any:
-    """The gevent client socket of an HTTP/1.x request, or ``None``.
-
-    gunicorn's ``-k gevent`` puts it in ``environ["gunicorn.socket"]`` and its
-    ``-k gevent_pywsgi`` in ``environ["gunicorn.sock"]``; gevent's own
-    ``WSGIServer`` reads the request from a file made on it. TLS sockets are
-    left alone (a raw write would bypass the encryption), and so is HTTP/2,
-    whose streams share a socket.
-    """
+def _server_socket(environ: dict[str, Any]) -> Any:
+    """The socket the server reads the request from and writes the response to."""
     sock = environ.get("gunicorn.socket") or environ.get("gunicorn.sock")
     if sock is None:
         stream = environ.get("wsgi.input")
         if type(stream).__module__ == "gevent.pywsgi":
             raw = getattr(getattr(stream, "rfile", None), "raw", None)
             sock = getattr(raw, "_sock", None)
-    if sock is None or not gevent_patched():
+    return sock
+
+
+def _http1(environ: dict[str, Any]) -> bool:
+    # HTTP/2 streams share one socket: no stream may write to it or cut it.
+    if not str(environ.get("SERVER_PROTOCOL", "")).startswith("HTTP/1"):
+        return False
+    return not any(key.startswith("gunicorn.http2") for key in environ)
+
+
+def client_socket(environ: dict[str, Any]) -> Any:
+    """The gevent client socket of an HTTP/1.x request, to write to, or ``None``.
+
+    gunicorn's ``-k gevent`` puts it in ``environ["gunicorn.socket"]`` and its
+    ``-k gevent_pywsgi`` in ``environ["gunicorn.sock"]``; gevent's own
+    ``WSGIServer`` reads the request from a file made on it. TLS sockets are
+    left alone (a raw write would bypass the encryption), and so is HTTP/2.
+    """
+    sock = _server_socket(environ)
+    if sock is None or not gevent_patched() or not _http1(environ):
         return None
     if hasattr(sock, "_sslobj") or not hasattr(sock, "_sock"):
         return None
-    if not str(environ.get("SERVER_PROTOCOL", "")).startswith("HTTP/1"):
-        return None
-    if any(key.startswith("gunicorn.http2") for key in environ):
-        return None
     return sock
+
+
+def cuttable_socket(environ: dict[str, Any]) -> Any:
+    """The client socket of an HTTP/1.x request under gevent, TLS included,
+    for one thing only: ``shutdown()``, which makes a server's blocked write
+    to a stalled client fail. ``None`` where there is no such socket."""
+    sock = _server_socket(environ)
+    if sock is None or not gevent_patched() or not _http1(environ):
+        return None
+    return sock if hasattr(sock, "shutdown") else None
 
 
 def gunicorn_worker() -> Any:
@@ -85,19 +93,29 @@ def gunicorn_worker() -> Any:
     return worker
 
 
+#: (pid, app name) pairs whose gunicorn worker was checked
+_checked: set[tuple[int, str]] = set()
+
+
 def check_server(app_name: str, broker_url: str) -> None:
-    """Log, once at start-up, what will not work in this process.
+    """Log what will not work in this gunicorn worker, once per worker and app.
 
     Only a gunicorn worker knows for sure: a gunicorn master that preloads
     the app has not patched gevent yet even when its workers will, and other
     servers (``flask run``, the test client) may serve streams from threads.
-    Elsewhere the first refused stream logs the warning (:func:`refused`).
+    So this runs when the app is set up and again when a process opens its
+    first stream (a preloaded app's workers); elsewhere the first refused
+    stream logs the wrong-server warning (:func:`warn_wrong_server`).
     """
+    key = (os.getpid(), app_name)
+    if key in _checked:
+        return
     worker = gunicorn_worker()
     if worker is None:
         return
+    _checked.add(key)
     if not gevent_patched():
-        refused(app_name)
+        warn_wrong_server(app_name)
     workers = getattr(worker.cfg, "workers", 1) or 1
     if workers > 1 and broker_url.startswith("memory:"):
         log.warning(
@@ -108,51 +126,12 @@ def check_server(app_name: str, broker_url: str) -> None:
         )
 
 
-_wrong_server_logged = False
+_wrong_server_warned: set[int] = set()
 
 
-def refused(app_name: str) -> None:
+def warn_wrong_server(app_name: str) -> None:
     """Log the wrong-server warning, once per process: at start in a gunicorn
     worker, else when the first stream is refused."""
-    global _wrong_server_logged
-    if not _wrong_server_logged:
-        _wrong_server_logged = True
+    if os.getpid() not in _wrong_server_warned:
+        _wrong_server_warned.add(os.getpid())
         log.warning("%s: SSE streams cannot be served here: %s", app_name, FIX)
-
-
-def watch_shutdown(registry: Registry) -> None:
-    """End ``registry``'s streams when this gunicorn worker starts to shut down.
-
-    Covers SIGTERM (stop, ``HUP`` reload), ``--max-requests`` recycling and the
-    reloader: all of them clear ``worker.alive``. One greenlet per process
-    polls it. Outside gunicorn this does nothing; call :meth:`SSE.shutdown`.
-    """
-    global _watcher
-    _registries.add(registry)
-    if _watcher is not None or not gevent_patched():
-        return
-    worker = gunicorn_worker()
-    if worker is None:
-        return
-    import atexit
-
-    import gevent
-
-    from .direct import close_handed_over
-
-    _watcher = gevent.spawn(_poll_worker, worker)
-    # Streams that own their sockets are not in gunicorn's handler pool, so
-    # the worker may finish before they said goodbye: end them at exit too.
-    atexit.register(close_handed_over, 1.5)
-
-
-def _poll_worker(worker: Any) -> None:
-    import gevent
-
-    while worker.alive:
-        gevent.sleep(SHUTDOWN_POLL)
-    log.info(
-        "worker %s is shutting down: ending %d stream registries", worker.pid, len(_registries)
-    )
-    for registry in list(_registries):
-        registry.shutdown()

@@ -1,0 +1,115 @@
+"""The ``SSE_*`` settings: every key with its default, validated once per app."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .brokers import check_broker_url
+
+__all__ = ["DEFAULTS", "Settings"]
+
+#: Every config key with its default, set with ``setdefault`` in ``init_app``.
+DEFAULTS: dict[str, Any] = {
+    "SSE_URL_PREFIX": "/stream",
+    "SSE_BROKER_URL": "memory://",
+    "SSE_HEARTBEAT_INTERVAL": 15.0,
+    "SSE_RETRY_MS": 3000,
+    "SSE_HISTORY_SIZE": 1000,
+    "SSE_MAX_CHANNELS": 32,
+    "SSE_QUEUE_SIZE": 500,
+    "SSE_SEND_TIMEOUT": 10.0,
+    "SSE_MAX_CONNECTIONS": None,
+    "SSE_MAX_CONNECTIONS_PER_CLIENT": None,
+    "SSE_MAX_STREAM_SECONDS": None,
+    "SSE_CORS_ORIGINS": None,
+    "SSE_CORS_CREDENTIALS": False,
+    "SSE_DIRECT_WRITE": True,
+    "SSE_ALLOW_THREADS": None,
+    "SSE_REDIS_PREFIX": "sse:",
+}
+
+
+def _number(config: Mapping[str, Any], key: str, *, minimum: float, optional: bool = False) -> Any:
+    value = config[key]
+    if value is None and optional:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value) if "." in value else int(value)
+        except ValueError:
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{key} must be at least {minimum}, got {value!r}")
+    return value
+
+
+def _flag(config: Mapping[str, Any], key: str) -> bool | None:
+    value = config[key]
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return None if value is None else bool(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The ``SSE_*`` config, validated and read once per app (in ``init_app``).
+
+    Values may come as strings (from environment variables): numbers and
+    flags are parsed here, and a bad value fails at start, naming the key.
+    """
+
+    url_prefix: str
+    broker_url: str
+    heartbeat_interval: float
+    retry_ms: int
+    history_size: int
+    max_channels: int
+    queue_size: int
+    send_timeout: float
+    max_connections: int | None
+    max_connections_per_client: int | None
+    max_stream_seconds: float | None
+    cors_origins: frozenset[str] | None
+    cors_credentials: bool
+    direct_write: bool
+    allow_threads: bool | None
+    redis_prefix: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        """Read and check the settings; every key of :data:`DEFAULTS` must be set.
+
+        :raises ValueError: naming the key and what it must be.
+        """
+        broker_url = str(config["SSE_BROKER_URL"])
+        check_broker_url(broker_url)  # fail at start, not at the first publish
+        origins = config["SSE_CORS_ORIGINS"]
+        if isinstance(origins, str):
+            origins = [o.strip() for o in origins.split(",") if o.strip()]
+        prefix = config["SSE_REDIS_PREFIX"]
+        return cls(
+            url_prefix=str(config["SSE_URL_PREFIX"]),
+            broker_url=broker_url,
+            heartbeat_interval=float(_number(config, "SSE_HEARTBEAT_INTERVAL", minimum=0.01)),
+            retry_ms=int(_number(config, "SSE_RETRY_MS", minimum=0)),
+            history_size=int(_number(config, "SSE_HISTORY_SIZE", minimum=1)),
+            max_channels=int(_number(config, "SSE_MAX_CHANNELS", minimum=1)),
+            queue_size=int(_number(config, "SSE_QUEUE_SIZE", minimum=1)),
+            send_timeout=float(_number(config, "SSE_SEND_TIMEOUT", minimum=0.01)),
+            max_connections=_number(config, "SSE_MAX_CONNECTIONS", minimum=1, optional=True),
+            max_connections_per_client=_number(
+                config, "SSE_MAX_CONNECTIONS_PER_CLIENT", minimum=1, optional=True
+            ),
+            max_stream_seconds=_number(
+                config, "SSE_MAX_STREAM_SECONDS", minimum=0.01, optional=True
+            ),
+            cors_origins=frozenset(origins) if origins else None,
+            cors_credentials=bool(_flag(config, "SSE_CORS_CREDENTIALS")),
+            direct_write=_flag(config, "SSE_DIRECT_WRITE") is not False,
+            allow_threads=_flag(config, "SSE_ALLOW_THREADS"),
+            redis_prefix=DEFAULTS["SSE_REDIS_PREFIX"] if prefix is None else str(prefix),
+        )
