@@ -85,6 +85,7 @@ def tail_command(
     printed = 0
     delay = 0.5
     while count is None or printed < count:
+        wait = delay
         try:
             for event in _read_stream(parts, path, last_event_id):
                 click.echo(json.dumps(event, ensure_ascii=False))
@@ -94,10 +95,21 @@ def tail_command(
                 printed += 1
                 if count is not None and printed >= count:
                     return
+        except _Unavailable as exc:
+            wait = max(delay, exc.retry_after)
+            click.echo(f"{exc}; retrying in {wait:.1f} s", err=True)
         except (OSError, http.client.HTTPException) as exc:
-            click.echo(f"connection lost ({exc}); reconnecting in {delay:.1f} s", err=True)
-        time.sleep(delay)
+            click.echo(f"connection lost ({exc}); reconnecting in {wait:.1f} s", err=True)
+        time.sleep(wait)
         delay = min(delay * 2, 10.0)
+
+
+class _Unavailable(Exception):
+    """The server answered 5xx: try again later."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def _read_stream(parts: Any, path: str, last_event_id: str | None) -> Any:
@@ -114,7 +126,11 @@ def _read_stream(parts: Any, path: str, last_event_id: str | None) -> Any:
         response = connection.getresponse()
         if response.status != 200:
             body = response.read(500).decode("utf-8", "replace").strip()
-            raise click.ClickException(f"{response.status} from the server: {body}")
+            message = f"{response.status} from the server: {body}"
+            if response.status >= 500:
+                retry_after = response.getheader("Retry-After") or ""
+                raise _Unavailable(message, float(retry_after) if retry_after.isdigit() else 0)
+            raise click.ClickException(message)
         fields: dict[str, Any] = {}
         data: list[str] = []
         while True:
