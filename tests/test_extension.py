@@ -164,3 +164,54 @@ def test_stats_shape() -> None:
         "pid", "connections", "channels", "published", "delivered", "heartbeats",
         "resets", "slow", "refused", "connects", "disconnects", "shutting_down",
     }  # fmt: skip
+
+
+def test_the_generator_of_sse_stream_sees_request_session_and_g() -> None:
+    from flask import g, request, session
+
+    from flask_sse_keepalive import sse_stream
+
+    app = make_app(SECRET_KEY="test")
+    app.testing = True  # streams in the test client, in development mode
+    SSE(app)
+
+    @app.get("/who")
+    @sse_stream
+    def who():
+        g.user = request.args["user"]  # before the first yield: in the view
+        session["seen"] = True
+        yield "start"
+        yield {"g": g.get("user"), "arg": request.args["user"], "session": session.get("seen")}
+
+    response = app.test_client().get("/who?user=ada", buffered=False)
+    body = b"".join(response.response)
+    response.close()
+    assert b"data: start\n" in body
+    assert b'data: {"g":"ada","arg":"ada","session":true}\n' in body
+
+
+def test_a_state_does_not_keep_its_app_alive() -> None:
+    import gc
+    import weakref
+
+    sse = SSE()
+    app = make_app()
+    sse.init_app(app)
+    state = sse.state(app)
+    gone = weakref.ref(app)
+    del app
+    gc.collect()
+    assert gone() is None, "the extension or its state holds the app"
+    with pytest.raises(RuntimeError, match="no longer exists"):
+        state.app  # noqa: B018
+
+
+def test_cors_wildcard_with_credentials_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="flask_sse_keepalive"):
+        SSE(make_app(SSE_CORS_ORIGINS="https://a.example", SSE_CORS_CREDENTIALS=True))
+        assert caplog.records == []
+        SSE(make_app(SSE_CORS_ORIGINS="*", SSE_CORS_CREDENTIALS=True))
+    (record,) = caplog.records
+    assert record.getMessage().startswith(
+        "tests.test_extension: SSE_CORS_ORIGINS='*' with SSE_CORS_CREDENTIALS lets every site"
+    )
