@@ -134,7 +134,10 @@ def preflight(state: AppState) -> Response:
     if allowed:
         response.headers.update(allowed)
         response.headers["Access-Control-Allow-Methods"] = "GET"
-        response.headers["Access-Control-Allow-Headers"] = "Last-Event-ID, Cache-Control"
+        # The origin is trusted: it may send what it asks for (a client's own
+        # headers, such as an Authorization), besides the resume point.
+        asked = request.headers.get("Access-Control-Request-Headers", "").strip()
+        response.headers["Access-Control-Allow-Headers"] = asked or "Last-Event-ID, Cache-Control"
         response.headers["Access-Control-Max-Age"] = "600"
     return response
 

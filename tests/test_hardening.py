@@ -468,7 +468,13 @@ def test_a_cors_preflight_allows_last_event_id_for_allowed_origins(gunicorn) -> 
     allowed = httpx.options(f"{server.url}/stream", headers=asked, timeout=5)
     assert allowed.status_code == 204
     assert allowed.headers["access-control-allow-origin"] == "https://a.example"
-    assert "Last-Event-ID" in allowed.headers["access-control-allow-headers"]
+    assert allowed.headers["access-control-allow-headers"] == "last-event-id"
+    custom = httpx.options(
+        f"{server.url}/stream",
+        headers={**asked, "Access-Control-Request-Headers": "authorization, x-tenant"},
+        timeout=5,
+    )
+    assert custom.headers["access-control-allow-headers"] == "authorization, x-tenant"
     other = httpx.options(
         f"{server.url}/stream", headers={**asked, "Origin": "https://evil.example"}, timeout=5
     )
