@@ -15,6 +15,9 @@ DEFAULTS: dict[str, Any] = {
     "SSE_URL_PREFIX": "/stream",
     "SSE_BROKER_URL": "memory://",
     "SSE_HEARTBEAT_INTERVAL": 15.0,
+    "SSE_HEARTBEAT_MIN": 1.0,
+    "SSE_HEARTBEAT_MAX": 120.0,
+    "SSE_DEAD_PEER_TIMEOUT": None,
     "SSE_RETRY_MS": 3000,
     "SSE_HISTORY_SIZE": 1000,
     "SSE_MAX_CHANNELS": 32,
@@ -65,6 +68,10 @@ class Settings:
     url_prefix: str
     broker_url: str
     heartbeat_interval: float
+    heartbeat_min: float
+    heartbeat_max: float
+    #: ``None``: each connection's heartbeat interval (at least 1 s)
+    dead_peer_timeout: float | None
     retry_ms: int
     history_size: int
     max_channels: int
@@ -79,6 +86,13 @@ class Settings:
     allow_threads: bool | None
     redis_prefix: str
 
+    def dead_peer_seconds(self, heartbeat_interval: float) -> float:
+        """How long a connection's sent bytes may stay unacknowledged before
+        the peer counts as gone (``TCP_USER_TIMEOUT``)."""
+        if self.dead_peer_timeout is not None:
+            return self.dead_peer_timeout
+        return max(1.0, heartbeat_interval)
+
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
         """Read and check the settings; every key of :data:`DEFAULTS` must be set.
@@ -91,10 +105,16 @@ class Settings:
         if isinstance(origins, str):
             origins = [o.strip() for o in origins.split(",") if o.strip()]
         prefix = config["SSE_REDIS_PREFIX"]
+        heartbeat_min = float(_number(config, "SSE_HEARTBEAT_MIN", minimum=0.01))
+        heartbeat_max = float(_number(config, "SSE_HEARTBEAT_MAX", minimum=heartbeat_min))
+        dead_peer = _number(config, "SSE_DEAD_PEER_TIMEOUT", minimum=1, optional=True)
         return cls(
             url_prefix=str(config["SSE_URL_PREFIX"]),
             broker_url=broker_url,
             heartbeat_interval=float(_number(config, "SSE_HEARTBEAT_INTERVAL", minimum=0.01)),
+            heartbeat_min=heartbeat_min,
+            heartbeat_max=heartbeat_max,
+            dead_peer_timeout=None if dead_peer is None else float(dead_peer),
             retry_ms=int(_number(config, "SSE_RETRY_MS", minimum=0)),
             history_size=int(_number(config, "SSE_HISTORY_SIZE", minimum=1)),
             max_channels=int(_number(config, "SSE_MAX_CHANNELS", minimum=1)),

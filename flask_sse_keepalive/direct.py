@@ -29,7 +29,14 @@ import gevent
 from gevent.hub import Waiter
 from gevent.socket import wait as wait_on_watcher
 
-from .stream import ABORT_REASONS, FAREWELL_REASONS, HEARTBEAT, CloseReason, Connection, Producer
+from .stream import (
+    ABORT_REASONS,
+    FAREWELL_REASONS,
+    HEARTBEAT,
+    CloseReason,
+    Connection,
+    Producer,
+)
 
 if TYPE_CHECKING:
     from .state import AppState
@@ -82,7 +89,6 @@ class DirectConnection(Connection):
         "_heartbeat",
         "_partial",
         "_raw",
-        "_readable",
         "_sock",
         "_waiter",
         "_waker",
@@ -100,6 +106,7 @@ class DirectConnection(Connection):
         last_event_id: str | None = None,
         remote_addr: str | None = None,
         client_key: str | None = None,
+        heartbeat_interval: float | None = None,
     ) -> None:
         super().__init__(
             state,
@@ -108,6 +115,7 @@ class DirectConnection(Connection):
             remote_addr=remote_addr,
             client_key=client_key,
             cut=sock,
+            heartbeat_interval=heartbeat_interval,
         )
         self.mode = "owned" if hand_over else "direct"
         #: the gevent socket (for blocking writes) ...
@@ -121,7 +129,6 @@ class DirectConnection(Connection):
         self._busy = False
         #: a write failed part-way: the body's framing cannot be completed
         self._broken = False
-        self._readable = False
         self._heartbeat: Any = None
         self._writable: Any = None
         hub = gevent.get_hub()
@@ -143,9 +150,9 @@ class DirectConnection(Connection):
                 sent = self._raw.send(data)
             except BlockingIOError:
                 sent = 0
-            except OSError:
+            except OSError as exc:
                 self._broken = True
-                self.close("client")
+                self._failed(exc)
                 return
             self._last_write = time.monotonic()
             if sent == len(data):
@@ -160,7 +167,8 @@ class DirectConnection(Connection):
 
     @property
     def backlog(self) -> int:
-        return len(self._pending) + (1 if self._partial else 0)
+        """Payloads waiting to be written, a write under way counted as one."""
+        return len(self._pending) + (1 if self._partial or self._busy else 0)
 
     def close(self, reason: CloseReason) -> None:
         if self._close_reason is not None:
@@ -214,7 +222,7 @@ class DirectConnection(Connection):
         with the request's parser, environ and stack: an open stream costs this
         object, one greenlet and the socket, not a parked request handler.
         """
-        own = self._sock.dup()
+        own = self._sock.dup()  # the socket options, TCP_USER_TIMEOUT too, go with it
         self._sock = own
         self._raw = self._cut = own._sock
 
@@ -252,11 +260,9 @@ class DirectConnection(Connection):
         waiter = self._waiter
         if producer is not None:
             producer.start(self)
-        fileno = self._raw.fileno()
-        reader = loop.io(fileno, 1)
-        reader.start(self._on_readable)
-        self._writable = loop.io(fileno, 2)
-        self._arm_heartbeat(loop, self._interval)
+        self._watch_eof(loop)
+        self._writable = loop.io(self._raw.fileno(), 2)
+        self._arm_heartbeat(loop, self.heartbeat_interval)
         lifetime = None
         if self._deadline is not None:
             lifetime = loop.timer(max(0.0, self._deadline - time.monotonic()))
@@ -272,12 +278,7 @@ class DirectConnection(Connection):
                     waiter.get()
                 finally:
                     waiter.clear()
-                if self._readable:
-                    self._readable = False
-                    if not self._check_eof():
-                        reader.stop()
         finally:
-            reader.close()
             self._writable.close()
             self._heartbeat.close()
             if lifetime is not None:
@@ -295,7 +296,7 @@ class DirectConnection(Connection):
         self._heartbeat.close()
         if self._close_reason is not None:
             return
-        interval = self._interval
+        interval = self.heartbeat_interval
         silent = time.monotonic() - self._last_write
         # A timer may fire a hair before the clock reaches its due time;
         # without the slack that would cost a second wake-up.
@@ -305,10 +306,6 @@ class DirectConnection(Connection):
                 self._send(HEARTBEAT)
             silent = 0.0
         self._arm_heartbeat(loop, interval - silent)
-
-    def _on_readable(self) -> None:
-        self._readable = True
-        self._wake()
 
     def _flush(self) -> None:
         """Write the backlog (blocking this greenlet only) or end the stream."""
@@ -323,8 +320,8 @@ class DirectConnection(Connection):
             self._last_write = time.monotonic()
         except SendTimeout:
             self._drop_slow(f"no progress in {self._send_timeout} s")
-        except OSError:
-            self.close("client")
+        except OSError as exc:
+            self._failed(exc)
         finally:
             self._busy = False
 
@@ -366,24 +363,6 @@ class DirectConnection(Connection):
             except (OSError, SendTimeout):
                 pass
         self.cut()
-
-    def _check_eof(self) -> bool:
-        """After the socket turned readable: close on EOF or reset.
-
-        :return: whether to keep watching. A client that sends bytes (a
-            pipelined request) is not watched any further, since the socket
-            would stay readable; the heartbeat's write finds it if it leaves.
-        """
-        try:
-            peeked = self._raw.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return True
-        except OSError:
-            self.close("client")
-            return False
-        if not peeked:
-            self.close("client")
-        return False
 
 
 class Waker:

@@ -192,8 +192,9 @@ class SSE:
         channel), ``published``, ``delivered``, ``heartbeats``, ``resets``,
         ``slow`` (slow-consumer drops), ``refused`` (503s), ``connects`` and
         ``disconnects`` (by reason), ``modes`` (streams opened by write mode,
-        see :attr:`Connection.mode <flask_sse_keepalive.stream.Connection>`)
-        and ``pid``.
+        see :attr:`Connection.mode <flask_sse_keepalive.stream.Connection>`),
+        ``heartbeat_intervals`` (open streams by their heartbeat interval in
+        seconds, e.g. ``{"15": 980, "2": 20}``) and ``pid``.
         """
         state = self.state()
         stats = state.stats
@@ -210,6 +211,7 @@ class SSE:
             "connects": stats.connects,
             "disconnects": dict(stats.disconnects),
             "modes": dict(stats.modes),
+            "heartbeat_intervals": {f"{i:g}": n for i, n in sorted(state.intervals.items())},
             "shutting_down": state.shutting_down,
         }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -76,6 +77,39 @@ def cuttable_socket(environ: dict[str, Any]) -> Any:
     if sock is None or not gevent_patched() or not _http1(environ):
         return None
     return sock if hasattr(sock, "shutdown") else None
+
+
+_TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
+_unbounded_said: set[tuple[int, str]] = set()
+
+
+def bound_dead_peer(sock: Any, seconds: float) -> bool:
+    """Make the kernel end the connection when bytes sent on ``sock`` (an OS
+    socket) stay unacknowledged for ``seconds``: ``TCP_USER_TIMEOUT``.
+
+    A client that vanished without a FIN or a reset (a cut network, a
+    sleeping phone) acknowledges nothing, so the next heartbeat finds it:
+    the heartbeat's TCP acknowledgement is the "pong". Where this cannot be
+    set, it says why once per process, and only the send timeout finds such
+    a client.
+
+    :return: whether the bound is set.
+    """
+    if sock is None:
+        why = "the server does not expose the client socket (HTTP/2, or another server)"
+    elif _TCP_USER_TIMEOUT is None:
+        why = "this platform has no TCP_USER_TIMEOUT"
+    else:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, max(1, int(seconds * 1000)))
+            return True
+        except OSError:
+            why = "the client socket is not TCP (a unix socket behind a proxy: bound it there)"
+    key = (os.getpid(), why)
+    if key not in _unbounded_said:
+        _unbounded_said.add(key)
+        log.warning("clients that vanish silently are found only by SSE_SEND_TIMEOUT here: %s", why)
+    return False
 
 
 def gunicorn_worker() -> Any:

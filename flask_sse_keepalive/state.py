@@ -77,6 +77,8 @@ class AppState:
         self.stats = Stats()
         self.connections: set[Connection] = set()
         self.per_client: Counter[str] = Counter()
+        #: open streams by heartbeat interval
+        self.intervals: Counter[float] = Counter()
         self.shutting_down = False
         self._broker: Broker | None = None
         self._broker_pid = 0
@@ -130,6 +132,7 @@ class AppState:
             server.check_server(self.name, self.settings.broker_url)
             _watch(self)
         self.connections.add(connection)
+        self.intervals[connection.heartbeat_interval] += 1
         client_key = connection.client_key
         if client_key is not None:
             self.per_client[client_key] += 1
@@ -147,6 +150,9 @@ class AppState:
     def release(self, connection: Connection, reason: CloseReason) -> None:
         """Count a stream out and tell ``client_disconnected``. Called once per stream."""
         self.connections.discard(connection)
+        self.intervals[connection.heartbeat_interval] -= 1
+        if self.intervals[connection.heartbeat_interval] <= 0:
+            del self.intervals[connection.heartbeat_interval]
         client_key = connection.client_key
         if client_key is not None:
             self.per_client[client_key] -= 1

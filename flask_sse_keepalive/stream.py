@@ -24,6 +24,7 @@ sends ``client_disconnected`` with the reason.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import random
@@ -34,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .event import Event
-from .server import gevent_patched
+from .server import bound_dead_peer, gevent_patched
 
 if TYPE_CHECKING:
     from .brokers.base import Message, ResetReason
@@ -46,13 +47,14 @@ log = logging.getLogger("flask_sse_keepalive")
 
 #: Why a stream ended (``client_disconnected``'s ``reason``): the peer went
 #: away, the worker is stopping, the client could not keep up,
-#: ``SSE_MAX_STREAM_SECONDS`` was reached, the server failed, or an
-#: ``@sse_stream`` generator ended.
-CloseReason = Literal["client", "shutdown", "slow", "lifetime", "error", "server"]
+#: ``SSE_MAX_STREAM_SECONDS`` was reached, the server failed, an
+#: ``@sse_stream`` generator ended, or the peer stopped acknowledging
+#: (vanished without a word: the dead-peer bound).
+CloseReason = Literal["client", "shutdown", "slow", "lifetime", "error", "server", "timeout"]
 #: How a stream's bytes reach the socket (see :attr:`Connection.mode`).
 Mode = Literal["owned", "direct", "iterator", "threaded"]
 #: Reasons after which the line is in an unknown state: it is cut, no goodbye.
-ABORT_REASONS: frozenset[CloseReason] = frozenset({"client", "slow", "error"})
+ABORT_REASONS: frozenset[CloseReason] = frozenset({"client", "slow", "error", "timeout"})
 #: Reasons whose goodbye carries a spread-out ``retry``, so that clients come
 #: back at once, to a live worker, without all coming back together.
 FAREWELL_REASONS: frozenset[CloseReason] = frozenset({"shutdown", "lifetime"})
@@ -85,10 +87,13 @@ class Connection:
     its bytes reach the socket: ``"owned"`` (the connection took the socket
     over from gunicorn ``-k gevent``), ``"direct"`` (it writes to the socket
     from the server's handler), ``"iterator"`` (the server writes what the
-    WSGI iterator yields) or ``"threaded"`` (development mode).
+    WSGI iterator yields) or ``"threaded"`` (development mode), and
+    ``heartbeat_interval`` (seconds; the client may ask for its own).
 
-    :param cut: the client socket, for one use only: ``shutdown()`` when the
-        stream must end while the server is blocked writing to it.
+    :param cut: the client socket, not to write to: to watch for the client's
+        close, to bound a dead peer, and to ``shutdown()`` when the stream
+        must end while the server is blocked writing to it.
+    :param heartbeat_interval: this stream's interval (default: the setting).
     """
 
     __slots__ = (
@@ -96,8 +101,8 @@ class Connection:
         "_close_reason",
         "_cut",
         "_deadline",
+        "_eof_watcher",
         "_event",
-        "_interval",
         "_last_seq",
         "_last_write",
         "_live",
@@ -109,6 +114,7 @@ class Connection:
         "channels",
         "client_key",
         "connected_at",
+        "heartbeat_interval",
         "id",
         "last_event_id",
         "mode",
@@ -124,6 +130,7 @@ class Connection:
         remote_addr: str | None = None,
         client_key: str | None = None,
         cut: Any = None,
+        heartbeat_interval: float | None = None,
     ) -> None:
         self.id = next(_ids)
         self.channels = tuple(channels)
@@ -134,10 +141,13 @@ class Connection:
         self.mode: Mode = "iterator" if gevent_patched() else "threaded"
         self._state = state
         settings = state.settings
-        self._interval = settings.heartbeat_interval
+        self.heartbeat_interval = heartbeat_interval or settings.heartbeat_interval
         self._queue_size = settings.queue_size
         self._send_timeout = settings.send_timeout
         self._cut = getattr(cut, "_sock", cut)  # the OS socket under gevent's
+        self._eof_watcher: Any = None
+        if self.mode != "threaded":
+            bound_dead_peer(self._cut, settings.dead_peer_seconds(self.heartbeat_interval))
         self._pending: list[bytes] = []
         self._live = False
         self._last_seq = -1
@@ -244,6 +254,53 @@ class Connection:
         log.warning("dropping slow client %s: %s", self, why)
         self.close("slow")
 
+    def _watch_eof(self, loop: Any) -> None:
+        """Notice the client's close (or the dead-peer bound) without a write:
+        a read watcher, which only peeks (nothing of the request is read)."""
+        if self._cut is None:
+            return
+        self._eof_watcher = loop.io(self._cut.fileno(), 1)
+        self._eof_watcher.start(self._on_readable)
+
+    def _on_readable(self) -> None:
+        if not self._check_eof():
+            self._eof_watcher.stop()
+
+    def _check_eof(self) -> bool:
+        """After the socket turned readable: close on EOF, reset or timeout.
+
+        :return: whether to keep watching. A client that sends bytes (a
+            pipelined request, a TLS record) is not watched any further, since
+            the socket would stay readable; a write finds it if it leaves.
+        """
+        try:
+            peeked = self._cut.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        if not peeked:
+            self.close("client")
+        return False
+
+    def _failed(self, exc: OSError) -> None:
+        """End the stream after its socket failed with ``exc``.
+
+        ``ETIMEDOUT`` is the kernel's dead-peer bound (``TCP_USER_TIMEOUT``):
+        nothing sent was acknowledged for that long. With a backlog waiting,
+        the client may be alive with its window shut (Linux applies the bound
+        to window probes too): it could not keep up, so it is dropped as
+        ``slow``; otherwise it vanished (``timeout``). Anything else: the
+        client went away.
+        """
+        if exc.errno != errno.ETIMEDOUT:
+            self.close("client")
+        elif self.backlog:
+            self._drop_slow("nothing acknowledged within the dead-peer bound")
+        else:
+            self.close("timeout")
+
     def _farewell(self, reason: CloseReason) -> bytes:
         # Spread reconnects so a restart does not become a stampede.
         retry = int(self._state.settings.retry_ms * random.uniform(0.5, 1.5))
@@ -275,6 +332,10 @@ class Connection:
         yield first + self._take()
         self._last_write = time.monotonic()
         self._live = True
+        if gevent_patched():
+            import gevent
+
+            self._watch_eof(gevent.get_hub().loop)
         if producer is not None:
             producer.start(self)
         yield from self._chunks()
@@ -312,6 +373,9 @@ class Connection:
     def _release(self, reason: CloseReason, producer: Producer | None) -> None:
         """The one place where a connection gives back what it took."""
         reason = self._close_reason = self._close_reason or reason
+        if self._eof_watcher is not None:
+            self._eof_watcher.close()
+            self._eof_watcher = None
         if producer is not None:
             producer.stop()
         if self.channels:
@@ -340,7 +404,7 @@ class Connection:
 
     def _chunks(self) -> Iterator[bytes]:
         """What to write next: the queued events, or a heartbeat when idle."""
-        interval = self._interval
+        interval = self.heartbeat_interval
         event = self._event
         while self._close_reason not in ABORT_REASONS:
             now = time.monotonic()

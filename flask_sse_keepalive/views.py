@@ -9,6 +9,7 @@ the hook fails), ``503`` with ``Retry-After`` when there is no room, and
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from .event import channel_problem
 from .stream import Connection
 
 if TYPE_CHECKING:
+    from .config import Settings
     from .extension import SSE
     from .state import AppState
 
@@ -79,6 +81,20 @@ def parse_last_event_id() -> str | Response | None:
     if not _PRINTABLE_ASCII.fullmatch(value):
         return plain(400, "Last-Event-ID must be printable ASCII")
     return value
+
+
+def parse_heartbeat(settings: Settings) -> float | Response | None:
+    """The client's ``?heartbeat=S``, clamped to the allowed range, or ``None``."""
+    value = request.args.get("heartbeat")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        return plain(400, f"heartbeat must be a positive number of seconds, got {value[:40]!r}")
+    return min(max(seconds, settings.heartbeat_min), settings.heartbeat_max)
 
 
 def access_problem(extension: SSE, channels: list[str]) -> Response | None:
@@ -142,10 +158,11 @@ def preflight(state: AppState) -> Response:
     return response
 
 
-def first_bytes(state: AppState) -> bytes:
-    settings = state.settings
-    interval = f"{settings.heartbeat_interval:g}"
-    return f"retry: {settings.retry_ms}\n: sse-keepalive heartbeat-interval={interval}\n\n".encode()
+def first_bytes(state: AppState, heartbeat_interval: float) -> bytes:
+    """``retry`` and the interval this stream's heartbeats will keep."""
+    retry_ms = state.settings.retry_ms
+    interval = f"{heartbeat_interval:g}"
+    return f"retry: {retry_ms}\n: sse-keepalive heartbeat-interval={interval}\n\n".encode()
 
 
 def server_problem(state: AppState) -> Response | None:
@@ -177,6 +194,7 @@ def open_stream(
     last_event_id: str | None,
     client_key: str | None,
     body: Body | None = None,
+    heartbeat_interval: float | None = None,
 ) -> Response:
     """The streaming response for a new connection, of the class the server allows."""
     environ = request.environ
@@ -193,6 +211,7 @@ def open_stream(
             last_event_id=last_event_id,
             remote_addr=request.remote_addr,
             client_key=client_key,
+            heartbeat_interval=heartbeat_interval,
         )
     else:
         connection = Connection(
@@ -202,8 +221,9 @@ def open_stream(
             remote_addr=request.remote_addr,
             client_key=client_key,
             cut=server.cuttable_socket(environ),
+            heartbeat_interval=heartbeat_interval,
         )
-    first = first_bytes(state)
+    first = first_bytes(state, connection.heartbeat_interval)
     iterable = body(connection, first) if body else connection.body(first)
     return Response(iterable, headers=stream_headers(state), direct_passthrough=True)
 
@@ -225,6 +245,9 @@ def make_blueprint(extension: SSE) -> Blueprint:
         last_event_id = parse_last_event_id()
         if isinstance(last_event_id, Response):
             return last_event_id
+        heartbeat = parse_heartbeat(state.settings)
+        if isinstance(heartbeat, Response):
+            return heartbeat
         denied = access_problem(extension, channels)
         if denied is not None:
             return denied
@@ -234,6 +257,6 @@ def make_blueprint(extension: SSE) -> Blueprint:
             return refused
         if request.method == "HEAD":
             return Response(headers=stream_headers(state))
-        return open_stream(state, channels, last_event_id, client_key)
+        return open_stream(state, channels, last_event_id, client_key, heartbeat_interval=heartbeat)
 
     return blueprint

@@ -255,6 +255,28 @@ def test_a_peer_that_stops_acknowledging_is_found_by_the_send_timeout(gunicorn) 
     stalled.close()
 
 
+def test_a_client_whose_window_stays_shut_is_dropped_within_the_dead_peer_bound(gunicorn) -> None:
+    # Alive (the kernel answers window probes) but reading nothing: Linux
+    # applies TCP_USER_TIMEOUT to the probes, so the bound acts before a
+    # longer send timeout, and the client is dropped as slow.
+    server = gunicorn(
+        APP,
+        env={"SSE_HEARTBEAT_INTERVAL": "2", "SSE_SEND_TIMEOUT": "60", "SSE_QUEUE_SIZE": "1000000"},
+    )
+    stalled = stalled_stream(server.port, "/stream?channel=a")
+    wait_until(lambda: stats(server)["connections"] == 1, 5, "the stream")
+    httpx.post(
+        f"{server.url}/control/publish",
+        json={"size": 2048, "channel": "a", "count": 4000},
+        timeout=30,
+    ).raise_for_status()
+    started = time.monotonic()
+    wait_until(lambda: stats(server)["connections"] == 0, 15, "the drop")
+    assert time.monotonic() - started < 8
+    assert stats(server)["disconnects"] == {"slow": 1}
+    stalled.close()
+
+
 # -- limits ---------------------------------------------------------------------------
 
 
