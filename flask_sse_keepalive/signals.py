@@ -28,10 +28,11 @@ client_connected = _signals.signal("client-connected")
 
 #: Sent once when a stream ends, after its resources are released.
 #: Keyword arguments: ``connection`` and ``reason``, one of ``"client"`` (the
-#: peer went away), ``"shutdown"`` (the worker is stopping), ``"slow"`` (the
-#: client could not keep up), ``"lifetime"`` (``SSE_MAX_STREAM_SECONDS``
-#: reached), ``"error"`` (the server failed) or ``"server"`` (an
-#: ``@sse_stream`` generator ended).
+#: peer closed), ``"timeout"`` (the peer acknowledged nothing for the
+#: dead-peer bound: it vanished), ``"shutdown"`` (the worker is stopping),
+#: ``"slow"`` (the client could not keep up), ``"lifetime"``
+#: (``SSE_MAX_STREAM_SECONDS`` reached), ``"error"`` (the server failed) or
+#: ``"server"`` (an ``@sse_stream`` generator ended).
 client_disconnected = _signals.signal("client-disconnected")
 
 #: Sent by :meth:`SSE.publish` after the broker stored the event.
