@@ -158,7 +158,9 @@ class _GeneratorProducer:
                 self.generator_close()
             except Exception:
                 log.exception("closing the @sse_stream generator of %s failed", connection)
-            connection.close(reason)
+            # The generator's own failure leaves the line intact: end the
+            # response cleanly; only a client that cannot keep up is cut.
+            connection.close(reason, abort=reason == "slow")
 
     def _wait_for_room(self, connection: Connection) -> bool:
         deadline = time.monotonic() + self._send_timeout

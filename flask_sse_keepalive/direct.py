@@ -30,7 +30,6 @@ from gevent.hub import Waiter
 from gevent.socket import wait as wait_on_watcher
 
 from .stream import (
-    ABORT_REASONS,
     FAREWELL_REASONS,
     HEARTBEAT,
     CloseReason,
@@ -170,11 +169,11 @@ class DirectConnection(Connection):
         """Payloads waiting to be written, a write under way counted as one."""
         return len(self._pending) + (1 if self._partial or self._busy else 0)
 
-    def close(self, reason: CloseReason) -> None:
+    def close(self, reason: CloseReason, *, abort: bool | None = None) -> None:
         if self._close_reason is not None:
             return
-        super().close(reason)
-        if self._busy and reason not in ABORT_REASONS:
+        super().close(reason, abort=abort)
+        if self._busy and not self._aborted:
             # A client that reads slowly is being written to: give the write
             # a moment to end on a chunk boundary, then cut the line.
             grace = self._waker.loop.timer(CLOSE_GRACE)
@@ -268,7 +267,7 @@ class DirectConnection(Connection):
             lifetime = loop.timer(max(0.0, self._deadline - time.monotonic()))
             lifetime.start(self.close, "lifetime")
         try:
-            while self._close_reason not in ABORT_REASONS and not self._broken:
+            while not self._aborted and not self._broken:
                 if self._partial or self._pending:
                     self._flush()
                     continue
@@ -352,7 +351,7 @@ class DirectConnection(Connection):
         the body is whole: a write that failed part-way leaves a chunk that
         cannot be finished.
         """
-        if reason not in ABORT_REASONS and not self._broken and not self._partial:
+        if not self._aborted and not self._broken and not self._partial:
             data = self._farewell(reason) if reason in FAREWELL_REASONS else b""
             if self._chunked:
                 data = (frame(data) if data else b"") + b"0\r\n\r\n"  # the last chunk

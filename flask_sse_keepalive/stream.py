@@ -98,6 +98,7 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
+        "_aborted",
         "_close_reason",
         "_cut",
         "_deadline",
@@ -154,6 +155,8 @@ class Connection:
         self._last_write = time.monotonic()
         self._deadline: float | None = None
         self._close_reason: CloseReason | None = None
+        #: the line is in an unknown state: cut it, write nothing more
+        self._aborted = False
         self._subscribed = False
         self._event = threading.Event()
 
@@ -205,12 +208,19 @@ class Connection:
         """Whether the stream is ending or has ended."""
         return self._close_reason is not None
 
-    def close(self, reason: CloseReason) -> None:
-        """End the stream. Idempotent; the first reason wins; never blocks."""
+    def close(self, reason: CloseReason, *, abort: bool | None = None) -> None:
+        """End the stream. Idempotent; the first reason wins; never blocks.
+
+        :param abort: cut the line at once, without completing the response
+            (default: for the reasons after which the line's state is unknown,
+            :data:`ABORT_REASONS`). An app's own failure leaves the line
+            intact: ``close("error", abort=False)`` ends it cleanly.
+        """
         if self._close_reason is not None:
             return
         self._close_reason = reason
-        if reason in ABORT_REASONS and self._live:
+        self._aborted = reason in ABORT_REASONS if abort is None else abort
+        if self._aborted and self._live:
             # A half-written chunk cannot be finished: cut the connection so
             # that a blocked write returns and the server does not reuse it.
             self.cut()
@@ -406,7 +416,7 @@ class Connection:
         """What to write next: the queued events, or a heartbeat when idle."""
         interval = self.heartbeat_interval
         event = self._event
-        while self._close_reason not in ABORT_REASONS:
+        while not self._aborted:
             now = time.monotonic()
             due = self._last_write + interval
             if self._deadline is not None and now >= self._deadline:
@@ -419,7 +429,7 @@ class Connection:
             if not self._pending and timeout > 0:
                 event.wait(timeout)
             event.clear()
-            if self._close_reason in ABORT_REASONS:
+            if self._aborted:
                 break
             if self._pending:
                 chunk = self._take()
