@@ -74,6 +74,45 @@ def page(context: Any) -> Iterator[Any]:
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
+PAGE_WITH_CLIENT = '<!doctype html><title>t</title><script src="/sse-keepalive.js"></script>'
+
+
+def serve_client(route: Any, path: str) -> bool:
+    """Answer ``path`` of :data:`FAKE_ORIGIN` if it is the page or the client; else ``False``."""
+    if path == "/":
+        route.fulfill(status=200, content_type="text/html", body=PAGE_WITH_CLIENT)
+    elif path in ("/sse-keepalive.js", "/sse-keepalive.mjs"):
+        source = CLIENT_JS if path.endswith(".js") else CLIENT_MJS
+        route.fulfill(status=200, content_type="text/javascript", body=source.read_bytes())
+    else:
+        return False
+    return True
+
+
+def fake_origin_path(route: Any) -> str:
+    return str(route.request.url[len(FAKE_ORIGIN) :].split("?")[0])
+
+
+@pytest.fixture
+def foreign_page(page: Any) -> Any:
+    """A page at :data:`FAKE_ORIGIN` with the client loaded: every server the
+    test starts is another origin to it (same host, another port).
+
+    Chromium takes a page that ``page.route`` served for a public one, and
+    asks before it lets a public page reach a loopback address (Local Network
+    Access): the permission is granted, as a user would.
+    """
+    page.context.grant_permissions(["local-network-access"], origin=FAKE_ORIGIN)
+
+    def handle(route: Any) -> None:
+        if not serve_client(route, fake_origin_path(route)):
+            route.fulfill(status=404, content_type="text/plain", body="not found")
+
+    page.route(f"{FAKE_ORIGIN}/**", handle)
+    page.goto(f"{FAKE_ORIGIN}/")
+    return page
+
+
 @dataclass
 class StaticSite:
     """A page at :data:`FAKE_ORIGIN` with the client loaded, served by ``page.route``."""
@@ -101,18 +140,11 @@ def static_site(browser: Any) -> Iterator[StaticSite]:
 
     def handle(route: Any) -> None:
         request = route.request
-        path = request.url[len(FAKE_ORIGIN) :].split("?")[0]
+        path = fake_origin_path(route)
         site.requests.append({"path": path, "headers": request.headers, "url": request.url})
-        if path == "/":
-            route.fulfill(
-                status=200,
-                content_type="text/html",
-                body='<!doctype html><title>t</title><script src="/sse-keepalive.js"></script>',
-            )
-        elif path in ("/sse-keepalive.js", "/sse-keepalive.mjs"):
-            source = CLIENT_JS if path.endswith(".js") else CLIENT_MJS
-            route.fulfill(status=200, content_type="text/javascript", body=source.read_bytes())
-        elif path in site.bodies:
+        if serve_client(route, path):
+            return
+        if path in site.bodies:
             route.fulfill(
                 status=200,
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"},

@@ -1,9 +1,11 @@
 """The browser client against real servers (gunicorn -k gevent): reconnects,
-the heartbeat watchdog, status codes, resume, stream-reset, persistence."""
+backoff and its jitter, the heartbeat watchdog, the connect timeout, status
+codes, resume, stream-reset, persistence."""
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.request
 from typing import Any
@@ -33,6 +35,11 @@ def get_json(url: str) -> Any:
         return json.load(response)
 
 
+def requests_seen(server: Any, key: str) -> list[dict[str, Any]]:
+    """What the test app recorded of the requests made with ``?key=``."""
+    return list(get_json(f"{server.url}/control/requests?key={key}"))
+
+
 def publish(
     server: Any, items: list[Any], channel: str = "default", event: str | None = None
 ) -> list[str]:
@@ -49,20 +56,20 @@ def test_watchdog_reconnects_a_silent_connection(page: Any, gunicorn: Any) -> No
     # The route announces a 0.4 s heartbeat interval, sends one event, then nothing.
     start_client(page, server, "/raw/stall?key=w&interval=0.4")
     seen = wait_until(
-        lambda: len(get_json(server.url + "/control/requests?key=w")) >= 2 and
-        get_json(server.url + "/control/requests?key=w"),
+        lambda: len(requests_seen(server, "w")) >= 2 and requests_seen(server, "w"),
         timeout=10,
         what="a second connection after the first went silent",
-    )  # fmt: skip
+    )
     wait_in_page(page, "log.events.length >= 2", 10, "the event of the second connection")
     log = page.evaluate("log")
     assert page.evaluate("client.heartbeatInterval") == 0.4
     watchdog = [error for error in log["errors"] if error["reason"] == "watchdog"]
     assert watchdog, f"no watchdog error: {log['errors']}"
-    opened = next(state["t"] for state in log["states"] if state["state"] == "open")
-    silent_ms = watchdog[0]["t"] - opened
-    # 2.5 intervals = 1 s; a loose upper bound for a loaded machine.
-    assert 800 <= silent_ms <= 4000, silent_ms
+    # The event is the last byte the first connection got: from then on 2.5
+    # intervals (1 s) of silence, and not much more (a timer can run late
+    # under load; 5 intervals would be 2 s). 10 ms is the clock's rounding.
+    silent_ms = watchdog[0]["t"] - log["events"][0]["t"]
+    assert 990 <= silent_ms <= 1800, silent_ms
     # The new connection resumes from the event the silent one delivered.
     assert seen[1]["last_event_id"] == "stall-1"
     assert [event["data"] for event in log["events"]][:2] == ["1", "2"]
@@ -241,18 +248,85 @@ def test_backoff_doubles_from_retry_up_to_the_cap(static_site: Any) -> None:
     ]
 
 
-def test_connect_timeout_when_no_answer_comes(static_site: Any) -> None:
-    result = static_site.page.evaluate(
-        """async () => {
-          const client = new SSEKeepalive("/never", {
-            connectTimeout: 300, retry: 60000, fetch: () => new Promise(() => {}),
-          });
-          const started = Date.now();
-          return await new Promise((resolve) => client.addEventListener("error", (e) => {
-            client.close();
-            resolve({reason: e.reason, after: Date.now() - started});
-          }));
-        }"""
-    )
+JITTER_IN_PAGE = """
+async () => {
+  // Clients that never get through, side by side: 8 x 5 delays in the time of 5.
+  const runs = Array.from({length: 8}, () => new Promise((resolve) => {
+    const fetches = [];
+    const errors = [];
+    const client = new SSEKeepalive("/never", {
+      retry: 100,
+      maxRetry: 400,
+      fetch: () => {
+        fetches.push(performance.now());
+        if (fetches.length > 5) {
+          client.close();
+          resolve(errors.map((e, i) => ({...e, waited: fetches[i + 1] - e.at})));
+        }
+        return Promise.reject(new TypeError("Failed to fetch"));
+      },
+    });
+    // "error" comes before the retry is scheduled: `waited` is never short.
+    client.addEventListener("error", (e) => {
+      errors.push({attempt: e.attempt, delay: e.delay, at: performance.now()});
+    });
+  }));
+  return (await Promise.all(runs)).flat();
+}
+"""
+
+
+def test_backoff_delays_are_spread_over_the_full_jitter_range(static_site: Any) -> None:
+    samples = static_site.page.evaluate(JITTER_IN_PAGE)
+    ceilings = {1: 100, 2: 200, 3: 400, 4: 400, 5: 400}
+    assert sorted(sample["attempt"] for sample in samples) == sorted(list(ceilings) * 8)
+    for sample in samples:
+        assert 0 <= sample["delay"] <= ceilings[sample["attempt"]], sample
+        assert sample["waited"] >= sample["delay"] - 2, sample  # the delay is the real one
+    # Uniform over [0, ceiling]: 40 draws are all distinct but for a few
+    # collisions, and all of them land above 40 % (or below 60 %) of their
+    # range with probability 0.6 ** 40, about 1e-9. A constant factor, or
+    # delays at the ceilings, fail at once.
+    assert len({sample["delay"] for sample in samples}) >= 20, samples
+    fractions = [sample["delay"] / ceilings[sample["attempt"]] for sample in samples]
+    assert min(fractions) < 0.4, fractions
+    assert max(fractions) > 0.6, fractions
+
+
+def test_connect_timeout_when_no_answer_comes(foreign_page: Any) -> None:
+    # A server that accepts connections (the kernel does, into the backlog)
+    # and never answers.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/stream"
+        result = foreign_page.evaluate(
+            """async (url) => {
+              const client = new SSEKeepalive(url, {connectTimeout: 500, retry: 60000});
+              const started = performance.now();
+              return await new Promise((resolve) => client.addEventListener("error", (e) => {
+                client.close();
+                resolve({reason: e.reason, willRetry: e.willRetry,
+                         after: performance.now() - started});
+              }));
+            }""",
+            url,
+        )
+        # The request did reach the server, and the client hung up on it.
+        silent.settimeout(5)
+        received = b""
+        try:
+            connection, _ = silent.accept()
+            with connection:
+                connection.settimeout(5)
+                while chunk := connection.recv(65536):
+                    received += chunk
+        except TimeoutError:
+            raise AssertionError(
+                f"after {result} the request was not sent, or left open: {received!r}"
+            ) from None
+    assert received.startswith(b"GET /stream HTTP/1.1\r\n"), received
     assert result["reason"] == "timeout"
-    assert result["after"] >= 250
+    assert result["willRetry"] is True
+    # About connectTimeout: not before it, and not much later (twice would be 1 s).
+    assert 495 <= result["after"] <= 900, result
