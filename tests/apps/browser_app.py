@@ -2,7 +2,9 @@
 test-only routes that misbehave on purpose (stall, refuse with a status).
 
 Settings come from ``SSE_*`` environment variables. Run one worker: the
-request log of the misbehaving routes lives in the process.
+request log lives in the process. It holds every request to the misbehaving
+routes, and every request to the real stream route that carries ``?key=``
+(the route ignores parameters it does not know), with the answer's status.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Flask, Response, jsonify, render_template_string, request
+from flask import Flask, Response, g, jsonify, render_template_string, request
 
 from flask_sse_keepalive import SSE
 
@@ -24,7 +26,8 @@ for key, value in os.environ.items():
         app.config[key] = value
 sse = SSE(app)
 
-#: key -> the requests the misbehaving routes saw: time and Last-Event-ID
+#: key -> the requests seen: time, Last-Event-ID, Origin, then the answer's
+#: status and Retry-After
 _requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
 
 PAGE = """<!doctype html>
@@ -63,8 +66,28 @@ def requests_seen() -> Response:
 def _record() -> int:
     """Log this request under ``?key=``; return how many came before it."""
     seen = _requests[request.args["key"]]
-    seen.append({"time": time.time(), "last_event_id": request.headers.get("Last-Event-ID")})
+    g.recorded = {
+        "time": time.time(),
+        "last_event_id": request.headers.get("Last-Event-ID"),
+        "origin": request.headers.get("Origin"),
+    }
+    seen.append(g.recorded)
     return len(seen) - 1
+
+
+@app.before_request
+def _record_stream_request() -> None:
+    if request.endpoint == "sse.stream" and request.method == "GET" and "key" in request.args:
+        _record()
+
+
+@app.after_request
+def _record_answer(response: Response) -> Response:
+    recorded = g.get("recorded")
+    if recorded is not None:
+        recorded["status"] = response.status_code
+        recorded["retry_after"] = response.headers.get("Retry-After")
+    return response
 
 
 def _preamble(interval: float, retry_ms: int) -> bytes:

@@ -1,6 +1,7 @@
 """The browser client against real servers (gunicorn -k gevent): reconnects,
 backoff and its jitter, the heartbeat watchdog, the connect timeout, status
-codes, resume, stream-reset, persistence."""
+codes (on the page's origin and from another one), resume, stream-reset,
+persistence."""
 
 from __future__ import annotations
 
@@ -10,9 +11,25 @@ import time
 import urllib.request
 from typing import Any
 
-from .helpers import TRACK_JS, wait_in_page, wait_until
+from tests.wire import RawStream
+
+from .helpers import FAKE_ORIGIN, TRACK_JS, wait_in_page, wait_until
 
 APP = "tests.apps.browser_app:app"
+
+
+def track_client(
+    page: Any, url: str, options: dict[str, Any] | None = None, types: Any = None
+) -> None:
+    """Start ``window.client`` on ``url`` in the page as it is, tracked in ``window.log``."""
+    page.evaluate(TRACK_JS)
+    page.evaluate(
+        """([url, options, types]) => {
+          window.client = new SSEKeepalive(url, options);
+          window.log = track(window.client, types);
+        }""",
+        [url, options or {}, types or ["message"]],
+    )
 
 
 def start_client(
@@ -20,14 +37,7 @@ def start_client(
 ) -> None:
     """Open the test page and start ``window.client`` on ``path``, tracked in ``window.log``."""
     page.goto(server.url + "/")
-    page.evaluate(TRACK_JS)
-    page.evaluate(
-        """([path, options, types]) => {
-          window.client = new SSEKeepalive(path, options);
-          window.log = track(window.client, types);
-        }""",
-        [path, options or {}, types or ["message"]],
-    )
+    track_client(page, path, options, types)
 
 
 def get_json(url: str) -> Any:
@@ -90,28 +100,109 @@ def test_retry_after_is_honoured_on_503(page: Any, gunicorn: Any) -> None:
     assert second["time"] - first["time"] >= 1.5
 
 
+#: status, path, what the refusal says; each path carries its own ``key``.
+REFUSALS = [
+    # The real stream route: a malformed channel name, and the authorize hook.
+    (400, "/stream?channel=bad%20name&key=s400", "invalid channel name"),
+    (403, "/stream?channel=forbidden&key=s403", "Not allowed"),
+    # Statuses the stream route does not produce itself here.
+    (401, "/raw/status/401?key=s401&times=99", "refused with 401"),
+    (404, "/raw/status/404?key=s404&times=99", "refused with 404"),
+]
+#: Longer than any retry of a client with ``retry: 100`` would take to come.
+RETRY_WOULD_HAVE_COME = 0.6
+
+
 def test_refusals_stop_the_client(page: Any, gunicorn: Any) -> None:
     server = gunicorn(APP)
-    cases = [
-        # The real stream route: a malformed channel name, and the authorize hook.
-        (400, "/stream?channel=bad%20name", "invalid channel name"),
-        (403, "/stream?channel=forbidden", "Not allowed"),
-        # Statuses the stream route does not produce itself here.
-        (401, "/raw/status/401?key=s401&times=99", "refused with 401"),
-        (404, "/raw/status/404?key=s404&times=99", "refused with 404"),
-    ]
-    for status, path, reason in cases:
-        start_client(page, server, path, {"retry": 100})
-        wait_in_page(page, "client.readyState === 2", 10, f"the client to stop on {status}")
-        log = page.evaluate("log")
-        assert [error["status"] for error in log["errors"]] == [status]
+    page.goto(server.url + "/")
+    page.evaluate(TRACK_JS)
+    # One client per refusal, side by side in one page: none is navigated
+    # away, so a retry of any of them would reach the server.
+    page.evaluate(
+        """(paths) => {
+          window.clients = {};
+          window.logs = {};
+          for (const [status, path] of paths) {
+            clients[status] = new SSEKeepalive(path, {retry: 100});
+            logs[status] = track(clients[status]);
+          }
+        }""",
+        [[status, path] for status, path, _ in REFUSALS],
+    )
+    wait_in_page(page, "Object.values(clients).every((c) => c.readyState === 2)", 10,
+                 "every client to stop on its refusal")  # fmt: skip
+    time.sleep(RETRY_WOULD_HAVE_COME)
+    for status, path, reason in REFUSALS:
+        log = page.evaluate(f"logs[{status}]")
+        assert [error["status"] for error in log["errors"]] == [status], path
         assert log["errors"][0]["willRetry"] is False
         assert reason in log["errors"][0]["message"]
-        assert [state["state"] for state in log["states"]] == ["connecting", "closed"]
-    # Nothing came back after the stop (a 100 ms retry would have by now).
-    time.sleep(0.5)
-    assert len(get_json(server.url + "/control/requests?key=s401")) == 1
-    assert len(get_json(server.url + "/control/requests?key=s404")) == 1
+        assert [state["state"] for state in log["states"]] == ["connecting", "closed"], path
+        key = path.split("key=")[1].split("&")[0]
+        assert [seen["status"] for seen in requests_seen(server, key)] == [status], path
+
+
+def hold_the_only_slot(server: Any) -> RawStream:
+    """Open a stream (on a server with ``SSE_MAX_CONNECTIONS=1``): the next is refused."""
+    holder = RawStream(server.port, "/stream?channel=holder")
+    assert holder.status == 200
+    holder.wait_for(lambda s: b"subscribed" in s.wire, 10, "the holder's stream to be subscribed")
+    return holder
+
+
+def wait_through_retry_after(page: Any, server: Any, key: str, holder: RawStream) -> None:
+    """The client in ``page``, refused with 503 while ``holder`` has the only
+    slot, waits at least each ``Retry-After`` before it tries again, and
+    connects once the slot is free."""
+    wait_in_page(page, "log.errors.length >= 1", 10, "the client to be refused")
+    # The server sees the EOF at once; a Retry-After is at least a second.
+    holder.close()
+    wait_in_page(page, "client.readyState === 1", 20, "the client to connect once the slot is free")
+    seen = requests_seen(server, key)
+    log = page.evaluate("log")
+    assert len(seen) >= 2, seen
+    assert [r["status"] for r in seen] == [503] * (len(seen) - 1) + [200], seen
+    refusals = log["errors"]
+    assert [error["status"] for error in refusals] == [503] * (len(seen) - 1), refusals
+    for refused, error, following in zip(seen, refusals, seen[1:], strict=False):
+        retry_after = int(refused["retry_after"])
+        assert error["willRetry"] is True
+        # The client adds up to 20 % of jitter.
+        assert retry_after * 1000 <= error["delay"] <= retry_after * 1200, (error, refused)
+        waited = following["time"] - refused["time"]
+        assert retry_after - 0.05 <= waited <= retry_after * 1.2 + 3, (waited, refused)
+
+
+def test_retry_after_of_the_stream_route_is_honoured(page: Any, gunicorn: Any) -> None:
+    server = gunicorn(APP, env={"SSE_MAX_CONNECTIONS": "1"})
+    holder = hold_the_only_slot(server)
+    # A 100 ms retry would bring the client back at once if it ignored Retry-After.
+    start_client(page, server, "/stream?channel=busy&key=busy", {"retry": 100})
+    wait_through_retry_after(page, server, "busy", holder)
+
+
+def test_another_origin_sees_a_refusal_and_stops(foreign_page: Any, gunicorn: Any) -> None:
+    server = gunicorn(APP, env={"SSE_CORS_ORIGINS": FAKE_ORIGIN})
+    # Without CORS headers on the 403 the page would see a network error, and retry.
+    track_client(foreign_page, server.url + "/stream?channel=forbidden&key=x403", {"retry": 100})
+    first = wait_in_page(foreign_page, "log.errors[0]", 10, "the client to see its refusal")
+    assert (first["status"], first["willRetry"]) == (403, False), first
+    assert "Not allowed" in first["message"]
+    time.sleep(RETRY_WOULD_HAVE_COME)
+    log = foreign_page.evaluate("log")
+    assert [error["status"] for error in log["errors"]] == [403]
+    assert [state["state"] for state in log["states"]] == ["connecting", "closed"]
+    seen = requests_seen(server, "x403")
+    assert [(r["status"], r["origin"]) for r in seen] == [(403, FAKE_ORIGIN)]
+
+
+def test_another_origin_reads_retry_after(foreign_page: Any, gunicorn: Any) -> None:
+    server = gunicorn(APP, env={"SSE_CORS_ORIGINS": FAKE_ORIGIN, "SSE_MAX_CONNECTIONS": "1"})
+    holder = hold_the_only_slot(server)
+    track_client(foreign_page, server.url + "/stream?channel=busy&key=x503", {"retry": 100})
+    wait_through_retry_after(foreign_page, server, "x503", holder)
+    assert {r["origin"] for r in requests_seen(server, "x503")} == {FAKE_ORIGIN}
 
 
 def test_first_connect_resumes_from_the_last_event_id_option(page: Any, gunicorn: Any) -> None:
