@@ -194,7 +194,9 @@ class SSE:
         ``disconnects`` (by reason), ``modes`` (streams opened by write mode,
         see :attr:`Connection.mode <flask_sse_keepalive.stream.Connection>`),
         ``heartbeat_intervals`` (open streams by their heartbeat interval in
-        seconds, e.g. ``{"15": 980, "2": 20}``) and ``pid``.
+        seconds, e.g. ``{"15": 980, "2": 20}``), ``broker`` (the bus's
+        connection in this process: with Redis, ``reconnects`` and
+        ``probes_lost``, see :doc:`scaling`) and ``pid``.
         """
         state = self.state()
         stats = state.stats
@@ -202,6 +204,7 @@ class SSE:
             "pid": os.getpid(),
             "connections": len(state.connections),
             "channels": state.broker.subscriber_counts(),
+            "broker": state.broker.health(),
             "published": stats.published,
             "delivered": stats.delivered,
             "heartbeats": stats.heartbeats,

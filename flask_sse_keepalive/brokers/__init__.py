@@ -16,7 +16,8 @@ __all__ = [
     "create_broker",
 ]
 
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel",
+                  "redis+cluster", "rediss+cluster")  # fmt: skip
 
 
 def check_broker_url(url: str) -> str:
@@ -28,7 +29,8 @@ def check_broker_url(url: str) -> str:
     if scheme != "memory" and scheme not in _REDIS_SCHEMES:
         raise ValueError(
             f"SSE_BROKER_URL={url!r}: unknown scheme {scheme!r};"
-            " use memory:// or redis://host:port/db (also rediss://, unix://)"
+            " use memory:// or redis://host:port/db (also rediss://, unix://,"
+            " redis+sentinel://h:26379/service/db, redis+cluster://h:7000)"
         )
     return scheme
 

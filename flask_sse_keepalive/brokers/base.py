@@ -146,3 +146,7 @@ class Broker(abc.ABC):
     def subscriber_counts(self) -> dict[str, int]:
         """Local subscribers per channel (for :meth:`SSE.stats`)."""
         return {}
+
+    def health(self) -> dict[str, int]:
+        """Counters of the bus's connection in this process (for :meth:`SSE.stats`)."""
+        return {}

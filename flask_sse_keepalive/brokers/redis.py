@@ -25,14 +25,22 @@ import time
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
-from redis.retry import Retry
 
 from ..event import Event
 from .base import Broker, BrokerUnavailable, Published, Subscriber, format_id
+from .redis_connect import SCHEMES, Endpoint, NotExecuted, endpoint_for
 from .redis_fanout import Fanout
-from .redis_schema import CONNECTION_ERRORS, PUBLISH, PUBLISH_SHA, Keys, event_fields
+from .redis_schema import (
+    CONNECTION_ERRORS,
+    PUBLISH,
+    PUBLISH_SHA,
+    SPUBLISH,
+    SPUBLISH_SHA,
+    HighWater,
+    Keys,
+    event_fields,
+)
 
 __all__ = ["RedisBroker"]
 
@@ -52,22 +60,22 @@ class _Process:
     def __init__(self, broker: RedisBroker) -> None:
         self.pid = os.getpid()
         self.broker = broker
+        self.high_water = HighWater()
         self.pool = self._pool(POOL_SIZE)
         #: made by the first subscriber (a process that only publishes has none)
         self.fanout: Fanout | None = None
         self._lock = threading.Lock()
+        sharded = broker.endpoint.sharded
+        self._script, self._sha = (SPUBLISH, SPUBLISH_SHA) if sharded else (PUBLISH, PUBLISH_SHA)
 
     def _pool(self, size: int) -> Any:
-        return redis.BlockingConnectionPool.from_url(
-            self.broker.url,
-            max_connections=size,
+        return self.broker.endpoint.pool(
+            size,
             timeout=PUBLISH_RETRY_SECONDS,
             socket_connect_timeout=PUBLISH_RETRY_SECONDS,
             socket_timeout=SOCKET_TIMEOUT,
             socket_keepalive=True,
             client_name=f"sse:{self.pid}",
-            # Retrying is decided here, knowing whether a command may have run.
-            retry=Retry(NoBackoff(), 0),
             protocol=2,
         )
 
@@ -77,18 +85,22 @@ class _Process:
             with self._lock:
                 if self.fanout is None:
                     control = redis.Redis(connection_pool=self._pool(1))
-                    self.fanout = Fanout(self.broker.keys, self.pool, control)
+                    self.fanout = Fanout(
+                        self.broker.keys, self.broker.endpoint, self.pool, control, self.high_water
+                    )
         return self.fanout
 
     def publish(self, channel: str, fields: list[str]) -> tuple[str, int]:
         keys = self.broker.keys
-        command = (
-            "EVALSHA", PUBLISH_SHA, 4, keys.epoch, keys.seq, keys.heads, keys.stream(channel),
-            secrets.token_hex(6), self.broker.history_size, channel, keys.live(channel), *fields,
-        )  # fmt: skip
         deadline = time.monotonic() + PUBLISH_RETRY_SECONDS
         delay = 0.02
         while True:
+            seen_epoch, seen_seq = self.high_water.get()
+            command = (
+                "EVALSHA", self._sha, 4, keys.epoch, keys.seq, keys.heads, keys.stream(channel),
+                secrets.token_hex(6), seen_epoch, seen_seq, self.broker.history_size, channel,
+                keys.live(channel), *fields,
+            )  # fmt: skip
             try:
                 connection = self.pool.get_connection()
             except CONNECTION_ERRORS as exc:
@@ -99,22 +111,34 @@ class _Process:
                 delay *= 2
                 continue
             try:
-                return self._run(connection, command)
+                epoch, seq = self._run(connection, command)
+            except NotExecuted as exc:
+                # A node that is not the primary (a failover, a moved slot)
+                # refused it: the event is not stored; the next connection
+                # finds the primary.
+                if time.monotonic() + delay > deadline:
+                    raise BrokerUnavailable(f"no Redis primary took the event: {exc}") from exc
+                time.sleep(delay)
+                delay *= 2
+                continue
             finally:
                 self.pool.release(connection)
+            self.high_water.note(epoch, seq)
+            return epoch, seq
 
-    @staticmethod
-    def _run(connection: Any, command: tuple[Any, ...]) -> tuple[str, int]:
+    def _run(self, connection: Any, command: tuple[Any, ...]) -> tuple[str, int]:
         try:
             try:
                 connection.send_command(*command)
                 reply = connection.read_response()
             except NoScriptError:
                 # Redis restarted, or its script cache was flushed.
-                connection.send_command("SCRIPT", "LOAD", PUBLISH)
+                connection.send_command("SCRIPT", "LOAD", self._script)
                 connection.read_response()
                 connection.send_command(*command)
                 reply = connection.read_response()
+        except NotExecuted:
+            raise
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(
                 f"Redis failed during publish; the event may or may not be stored: {exc}"
@@ -148,14 +172,19 @@ class RedisBroker(Broker):
     publishing connections where events are published.
     """
 
-    schemes = ("redis", "rediss", "unix")
+    schemes = SCHEMES
 
     def __init__(self, url: str, *, history_size: int = 1000, prefix: str = DEFAULT_PREFIX) -> None:
         if history_size < 1:
             raise ValueError("SSE_HISTORY_SIZE must be at least 1")
         self.url = url
         self.history_size = history_size
+        self.endpoint: Endpoint = endpoint_for(url)
+        if self.endpoint.kind == "cluster" and not _has_hash_tag(prefix):
+            # All keys in one slot, so that each script runs on one shard.
+            prefix = "{" + (prefix.rstrip(":") or "sse") + "}:"
         self.keys = Keys(prefix)
+        self.endpoint.bind(self.keys.seq)
         self._process: _Process | None = None
         self._lock = threading.Lock()
 
@@ -191,8 +220,19 @@ class RedisBroker(Broker):
         fanout = self._serving()
         return {} if fanout is None else fanout.counts()
 
+    def health(self) -> dict[str, int]:
+        fanout = self._serving()
+        if fanout is None:
+            return {}
+        return {"reconnects": fanout.reconnects, "probes_lost": fanout.probes_lost}
+
     def close(self) -> None:
         state = self._process
         self._process = None
         if state is not None and state.pid == os.getpid():
             state.close()
+
+
+def _has_hash_tag(prefix: str) -> bool:
+    start = prefix.find("{")
+    return start != -1 and prefix.find("}", start + 2) != -1

@@ -33,6 +33,7 @@ import os
 import random
 import secrets
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any, cast
@@ -41,10 +42,12 @@ import redis
 from redis.exceptions import NoScriptError
 
 from .base import Message, ResetReason, Subscriber, format_id, parse_id
+from .redis_connect import Endpoint
 from .redis_schema import (
     CONNECTION_ERRORS,
     RESUME,
     RESUME_SHA,
+    HighWater,
     Keys,
     decode_fields,
     message_from_fields,
@@ -55,12 +58,18 @@ log = logging.getLogger("flask_sse_keepalive.redis")
 #: Reconnection backoff after an outage: full jitter, growing to this cap (s).
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.5
-#: An idle pub/sub connection is pinged this often; two unanswered pings end it.
-PING_INTERVAL = 15.0
+#: After this long without a message, the subscription is probed end to end.
+PROBE_INTERVAL = 5.0
+#: A probe that has not come back after this long: the subscription is dead.
+PROBE_TIMEOUT = 3.0
 #: How long subscribing may take before the connection is deemed broken.
 SUBSCRIBE_TIMEOUT = 10.0
 
-#: records that share one read: channels, epoch, seq, forced reason, catch-up
+#: what Redis sends a subscriber, plain and sharded (a Cluster)
+_MESSAGES = (b"message", b"smessage")
+_CONFIRMATIONS = (b"subscribe", b"unsubscribe", b"ssubscribe", b"sunsubscribe")
+
+#: records that share one read: channels, epoch, seq, forced reason, positioned
 Group = tuple[tuple[str, ...], str, int, str, bool]
 
 
@@ -121,16 +130,43 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 class Fanout:
     """The subscribers of one broker in one process, and their connections.
 
-    :param pool: the pool whose settings (URL, timeouts, client name) the
-        pub/sub connection copies.
-    :param control: a client of its own for subscribing and replay, so that
-        replay never waits behind the process's publishers.
+    :param endpoint: where the primary is.
+    :param pool: the pool whose settings (timeouts, client name) the pub/sub
+        connection copies.
+    :param control: a client of its own for subscribing, replay and probes,
+        so that none of them waits behind the process's publishers.
+    :param high_water: the highest position the process has seen (the fence's
+        evidence), shared with its publisher.
     """
 
-    def __init__(self, keys: Keys, pool: Any, control: redis.Redis) -> None:
+    def __init__(
+        self,
+        keys: Keys,
+        endpoint: Endpoint,
+        pool: Any,
+        control: redis.Redis,
+        high_water: HighWater,
+    ) -> None:
         self.keys = keys
+        self.endpoint = endpoint
         self.pool = pool
         self.control = control
+        self.high_water = high_water
+        sharded = endpoint.sharded
+        self.commands = (
+            ("SSUBSCRIBE", "SUNSUBSCRIBE", "SPUBLISH")
+            if sharded
+            else ("SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH")
+        )
+        #: this fan-out's probe: its channel, and the token of the last one sent
+        self.probe_channel = keys.probe(secrets.token_hex(8))
+        self.probe_sent: str | None = None
+        self.probing = False  # the probe channel is subscribed on this connection
+        self.probe_sent_at = 0.0
+        self.last_message = 0.0
+        #: connections made and probes that never came back, since start
+        self.reconnects = 0
+        self.probes_lost = 0
         self.lock = threading.RLock()
         self.records: dict[int, _Record] = {}
         self.by_channel: dict[str, tuple[_Record, ...]] = {}
@@ -140,7 +176,6 @@ class Fanout:
         self.dirty = False
         self.subscribed: set[str] = set()
         self.outstanding = 0
-        self.unanswered_pings = 0
         self.pubsub: Any = None
         self.listener: threading.Thread | None = None
         self.supervisor: threading.Thread | None = None
@@ -205,27 +240,29 @@ class Fanout:
 
     def _listen(self, connection: Any) -> None:
         live_prefix = len(self.keys.live("").encode())
+        probe_channel = self.probe_channel.encode()
         try:
             while True:
                 reply = connection.read_response()
+                self.last_message = time.monotonic()
                 if not isinstance(reply, list):
-                    if reply == b"PONG":
-                        self.unanswered_pings = 0
                     continue
                 kind = reply[0]
-                if kind == b"message":
+                if kind in _MESSAGES:
+                    if reply[1] == probe_channel:
+                        if reply[2].decode() == self.probe_sent:
+                            self.probe_sent = None  # it came back: the bus works
+                        continue
                     try:
                         self._on_message(reply[1][live_prefix:].decode(), reply[2])
                     except Exception:
                         # One bad message must not stop delivery to everyone.
                         log.exception("could not deliver a message from Redis: %r", reply[2][:200])
-                elif kind in (b"subscribe", b"unsubscribe"):
+                elif kind in _CONFIRMATIONS:
                     with self.lock:
                         self.outstanding -= 1
                         if self.outstanding <= 0:
                             self.acked.set()
-                elif kind == b"pong":
-                    self.unanswered_pings = 0
         except Exception as exc:
             # Closed under it (reconnect, close) or Redis went away: either
             # way the supervisor takes over.
@@ -243,6 +280,7 @@ class Fanout:
             if not records:
                 return  # being unsubscribed: the channel's last subscriber left
             message = message_from_fields(epoch, seq, channel, decode_fields(json.loads(flat)))
+            self.high_water.note(epoch, seq)
             for record in records:
                 if record.held is not None:
                     record.held.append((epoch, message))
@@ -287,9 +325,12 @@ class Fanout:
         connection = self.pool.connection_class(**kwargs)
         self.pubsub = connection
         connection.connect()
+        self.reconnects += 1
         self.subscribed = set()
+        self.probing = False
         self.outstanding = 0
-        self.unanswered_pings = 0
+        self.probe_sent = None
+        self.last_message = time.monotonic()
         self.acked.set()
         self.dirty = True
         self.listener = threading.Thread(
@@ -325,11 +366,38 @@ class Fanout:
                 self._work()
                 self.served = True
                 continue
-            if not self.wake.wait(PING_INTERVAL):
-                if self.unanswered_pings >= 2:
-                    raise _Lost("no answer to PING")
-                self.unanswered_pings += 1
-                self.pubsub.send_command("PING")
+            self.wake.wait(self._probe())
+
+    def _probe(self) -> float:
+        """Check that the subscription still gets what is published: after a
+        quiet spell, publish a message to ourselves through the primary, as
+        any publisher would, and expect it back. A connection can look healthy
+        while attached to a node that no longer gets the publishes (an old
+        primary after a failover): it gets nothing, and is made anew (the
+        subscribers catch up from the streams).
+
+        :return: how long to wait before the next look.
+        """
+        now = time.monotonic()
+        if self.probe_sent is not None:
+            if now - self.probe_sent_at < PROBE_TIMEOUT:
+                return self.probe_sent_at + PROBE_TIMEOUT - now
+            self.probes_lost += 1
+            raise _Lost(f"a probe did not come back within {PROBE_TIMEOUT} s")
+        quiet = now - self.last_message
+        if quiet < PROBE_INTERVAL:
+            return PROBE_INTERVAL - quiet
+        locate = self.endpoint.locate
+        if locate is not None:
+            # Sentinel or Cluster: the primary may have moved under us.
+            primary = locate()
+            attached = (self.pubsub.host, int(self.pubsub.port))
+            if primary != attached:
+                raise _Lost(f"the primary is now {primary[0]}:{primary[1]}")
+        token = secrets.token_hex(6)
+        self.probe_sent, self.probe_sent_at = token, now
+        self.control.execute_command(self.commands[2], self.probe_channel, token)  # type: ignore[no-untyped-call]
+        return PROBE_TIMEOUT
 
     def _work(self) -> None:
         # Taken before subscribing, so that each of these records has its
@@ -351,6 +419,7 @@ class Fanout:
         cache: dict[int, Message] = {}
         for (group, members), reply in zip(groups.items(), replies, strict=True):
             epoch, seq, status = reply[0].decode(), int(reply[1]), reply[2].decode()
+            self.high_water.note(epoch, seq)
             replay = self._replay(group[0], epoch, reply[3:], cache) if len(reply) > 3 else []
             with self.lock:
                 for key, record in members:
@@ -365,14 +434,19 @@ class Fanout:
         gone = self.subscribed - wanted
         new = wanted - self.subscribed
         live = self.keys.live
+        subscribe, unsubscribe, _ = self.commands
+        if not self.probing:
+            self._expect(1)
+            self.probing = True
+            self.pubsub.send_command(subscribe, self.probe_channel)
         if gone:
             self._expect(len(gone))
             self.subscribed -= gone
-            self.pubsub.send_command("UNSUBSCRIBE", *[live(c) for c in gone])
+            self.pubsub.send_command(unsubscribe, *[live(c) for c in gone])
         if new:
             self._expect(len(new))
             self.subscribed |= new
-            self.pubsub.send_command("SUBSCRIBE", *[live(c) for c in new])
+            self.pubsub.send_command(subscribe, *[live(c) for c in new])
         if self.outstanding > 0 and not self.acked.wait(SUBSCRIBE_TIMEOUT):
             raise _Lost("Redis did not confirm the subscriptions")
         if self.listener is None or not self.listener.is_alive():
@@ -387,12 +461,13 @@ class Fanout:
     def _resume(self, groups: list[Group], reload: bool = True) -> list[Any]:
         """Run the resume script for each group, in one round trip."""
         keys = self.keys
+        seen_epoch, seen_seq = self.high_water.get()
         pipe: Any = self.control.pipeline(transaction=False)
-        for channels, epoch, last, forced, catch_up in groups:
+        for channels, epoch, last, forced, _ in groups:
             pipe.execute_command(
                 "EVALSHA", RESUME_SHA, 3 + len(channels),
                 keys.epoch, keys.seq, keys.heads, *[keys.stream(c) for c in channels],
-                secrets.token_hex(6), epoch, last, forced, "1" if catch_up else "",
+                secrets.token_hex(6), seen_epoch, seen_seq, epoch, last, forced,
             )  # fmt: skip
         replies: list[Any] = pipe.execute(raise_on_error=False)
         if reload and any(isinstance(reply, NoScriptError) for reply in replies):
