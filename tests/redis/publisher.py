@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -44,11 +43,16 @@ def main() -> int:
 
     from tests.apps.redis_app import app, sse
 
-    prefix = app.config["SSE_REDIS_PREFIX"]
-    checker = redis.Redis.from_url(os.environ["SSE_BROKER_URL"], socket_timeout=2)
+    broker = sse.state(app).broker
+    prefix = broker.keys.prefix  # type: ignore[attr-defined]
+    # Reads the primary, wherever it is (Sentinel, Cluster), as the broker does.
+    checker = redis.Redis(
+        connection_pool=broker.endpoint.pool(1, timeout=2, socket_timeout=2)  # type: ignore[attr-defined]
+    )
     failures = 0
     ids = []
-    started = time.monotonic()
+    started = last_ok = time.monotonic()
+    longest_pause = 0.0  # between two publishes that succeeded
     with app.app_context():
         for index, n in enumerate(range(args.start, args.start + args.count)):
             if args.rate:
@@ -73,6 +77,9 @@ def main() -> int:
                         continue
                 try:
                     ids.append(sse.publish(data, channel=channel))
+                    now = time.monotonic()
+                    longest_pause = max(longest_pause, now - last_ok)
+                    last_ok = now
                     break
                 except BrokerUnavailable:
                     failures += 1
@@ -80,7 +87,9 @@ def main() -> int:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
-    print(json.dumps({"published": args.count, "failures": failures, "ids": ids}), flush=True)
+    report = {"published": args.count, "failures": failures, "ids": ids,
+              "longest_pause": longest_pause}  # fmt: skip
+    print(json.dumps(report), flush=True)
     return 0
 
 

@@ -1,0 +1,215 @@
+"""Redis in production shapes, for tests: a primary with a replica behind three
+Sentinels, a Redis Cluster, and a TCP relay that can stop forwarding.
+
+Every process is started on free loopback ports and stopped by pid; every wait
+is bounded and says what it waited for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from tests.conftest import Server, free_port, wait_for_port
+
+
+def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Relay:
+    """A TCP relay on a free port to ``target``; :meth:`pause` stops it
+    forwarding what the target sends (the connections stay open and quiet),
+    :meth:`resume` goes on. Runs in a thread of the test process."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self.paused = threading.Event()
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
+        self._thread.start()
+
+    def pause(self) -> None:
+        self.paused.set()
+
+    def resume(self) -> None:
+        self.paused.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self._listener, selectors.EVENT_READ, None)
+        peers: dict[socket.socket, socket.socket] = {}
+        from_target: set[socket.socket] = set()
+        while not self._stop.is_set():
+            for key, _ in selector.select(timeout=0.05):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self._listener:
+                    try:
+                        client, _ = self._listener.accept()
+                        upstream = socket.create_connection(self.target, timeout=5)
+                    except OSError:
+                        continue
+                    for one in (client, upstream):
+                        one.setblocking(False)
+                        selector.register(one, selectors.EVENT_READ, None)
+                    peers[client], peers[upstream] = upstream, client
+                    from_target.add(upstream)
+                    continue
+                if sock in from_target and self.paused.is_set():
+                    continue  # hold what the target sends: it waits in its buffers
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                other = peers.get(sock)
+                if not data or other is None:
+                    for one in (sock, other):
+                        if one is not None:
+                            peers.pop(one, None)
+                            from_target.discard(one)
+                            with contextlib.suppress(KeyError, ValueError):
+                                selector.unregister(one)
+                            one.close()
+                    continue
+                try:
+                    other.setblocking(True)
+                    other.sendall(data)
+                    other.setblocking(False)
+                except OSError:
+                    pass
+            if self.paused.is_set():
+                time.sleep(0.01)  # the paused sockets stay readable
+        for sock in list(peers):
+            sock.close()
+
+
+def redis_command(path: str, port: int, directory: Path, *extra: str) -> list[str]:
+    return [
+        path, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--dir", str(directory), "--logfile", str(directory / "redis.log"), *extra,
+    ]  # fmt: skip
+
+
+class SentinelSetup:
+    """A primary, a replica (replicating through an optional :class:`Relay`)
+    and three Sentinels monitoring them as ``service``."""
+
+    service = "ssetest"
+
+    def __init__(self, path: str, root: Path, *, relay: bool = False) -> None:
+        self.path = path
+        self.root = root
+        self.servers: list[Server] = []
+        self.relay: Relay | None = None
+        try:
+            self.primary = self._redis("primary")
+            target = ("127.0.0.1", self.primary.port)
+            if relay:
+                self.relay = Relay(target)
+                target = ("127.0.0.1", self.relay.port)
+            self.replica = self._redis("replica", "--replicaof", target[0], str(target[1]))
+            wait(
+                lambda: self.client(self.replica).info("replication")["master_link_status"] == "up",
+                15,
+                "the replica to sync",
+            )
+            self.sentinels = [self._sentinel(n) for n in range(3)]
+            wait(self._sentinels_ready, 30, "the Sentinels to see the primary and the replica")
+        except Exception:
+            self.close()
+            raise
+
+    def _redis(self, name: str, *extra: str) -> Server:
+        port = free_port()
+        directory = self.root / f"{name}-{port}"
+        directory.mkdir(parents=True)
+        proc = subprocess.Popen(
+            redis_command(self.path, port, directory, *extra),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        server = Server(proc, port, directory / "redis.log", extra={"dir": directory})
+        self.servers.append(server)
+        wait_for_port(port, 10, f"redis-server ({name})", proc)
+        return server
+
+    def _sentinel(self, n: int) -> Server:
+        port = free_port()
+        directory = self.root / f"sentinel-{port}"
+        directory.mkdir(parents=True)
+        config = directory / "sentinel.conf"
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"logfile {directory / 'sentinel.log'}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 2\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            # Long, so that no Sentinel re-points a replica that replicates
+            # through the relay; a failover itself takes a few seconds.
+            f"sentinel failover-timeout {self.service} 60000\n"
+            f"sentinel parallel-syncs {self.service} 1\n"
+        )
+        proc = subprocess.Popen(
+            [self.path, str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        server = Server(proc, port, directory / "sentinel.log")
+        self.servers.append(server)
+        wait_for_port(port, 10, f"Sentinel {n}", proc)
+        return server
+
+    def _sentinels_ready(self) -> bool:
+        for sentinel in self.sentinels:
+            client = redis.Redis(port=sentinel.port, socket_timeout=1, decode_responses=True)
+            if len(client.sentinel_slaves(self.service)) != 1:
+                return False
+            if len(client.sentinel_sentinels(self.service)) != 2:
+                return False
+        return True
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def client(self, server: Server) -> redis.Redis:
+        return redis.Redis(port=server.port, socket_timeout=2)
+
+    def primary_port(self) -> int:
+        client = redis.Redis(port=self.sentinels[0].port, socket_timeout=1)
+        _, port = client.sentinel_get_master_addr_by_name(self.service)
+        return int(port)
+
+    def close(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+        for server in reversed(self.servers):
+            server.stop(timeout=5)
