@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "SSE_DIRECT_WRITE": True,
     "SSE_ALLOW_THREADS": None,
     "SSE_REDIS_PREFIX": "sse:",
+    "SSE_REDIS_PROBE_INTERVAL": 5.0,
 }
 
 
@@ -85,6 +86,8 @@ class Settings:
     direct_write: bool
     allow_threads: bool | None
     redis_prefix: str
+    #: ``None``: the subscription is never probed
+    redis_probe_interval: float | None
 
     def dead_peer_seconds(self, heartbeat_interval: float) -> float:
         """How long a connection's sent bytes may stay unacknowledged before
@@ -132,4 +135,7 @@ class Settings:
             direct_write=_flag(config, "SSE_DIRECT_WRITE") is not False,
             allow_threads=_flag(config, "SSE_ALLOW_THREADS"),
             redis_prefix=DEFAULTS["SSE_REDIS_PREFIX"] if prefix is None else str(prefix),
+            redis_probe_interval=_number(
+                config, "SSE_REDIS_PROBE_INTERVAL", minimum=0.1, optional=True
+            ),
         )

@@ -104,6 +104,7 @@ class AppState:
                         settings.broker_url,
                         history_size=settings.history_size,
                         redis_prefix=settings.redis_prefix,
+                        redis_probe_interval=settings.redis_probe_interval,
                     )
                     self._broker_pid = pid
         return self._broker

@@ -35,11 +35,15 @@ def check_broker_url(url: str) -> str:
     return scheme
 
 
-def create_broker(url: str, *, history_size: int, redis_prefix: str) -> Broker:
+def create_broker(
+    url: str, *, history_size: int, redis_prefix: str, redis_probe_interval: float | None = 5.0
+) -> Broker:
     """The broker that ``url`` (``SSE_BROKER_URL``) names.
 
     :param history_size: events kept per channel, at least.
     :param redis_prefix: prepended to the Redis broker's keys.
+    :param redis_probe_interval: seconds of silence before the Redis broker
+        checks its subscription end to end; ``None``: never.
     """
     if check_broker_url(url) == "memory":
         return MemoryBroker(history_size=history_size)
@@ -49,5 +53,7 @@ def create_broker(url: str, *, history_size: int, redis_prefix: str) -> Broker:
         raise RuntimeError(
             f"SSE_BROKER_URL={url!r} needs redis-py: pip install 'flask-sse-keepalive[redis]'"
         ) from exc
-    broker: Broker = RedisBroker(url, history_size=history_size, prefix=redis_prefix)
+    broker: Broker = RedisBroker(
+        url, history_size=history_size, prefix=redis_prefix, probe_interval=redis_probe_interval
+    )
     return broker

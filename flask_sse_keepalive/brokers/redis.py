@@ -86,7 +86,12 @@ class _Process:
                 if self.fanout is None:
                     control = redis.Redis(connection_pool=self._pool(1))
                     self.fanout = Fanout(
-                        self.broker.keys, self.broker.endpoint, self.pool, control, self.high_water
+                        self.broker.keys,
+                        self.broker.endpoint,
+                        self.pool,
+                        control,
+                        self.high_water,
+                        probe_interval=self.broker.probe_interval,
                     )
         return self.fanout
 
@@ -165,7 +170,10 @@ class RedisBroker(Broker):
         streams in whole nodes of 100 entries, so up to about 100 more). The
         process that publishes trims: give every process the same value.
     :param prefix: prepended to every key and pub/sub channel, so that apps
-        can share a Redis.
+        can share a Redis. In a Cluster it must hold a hash tag (``{sse}:``);
+        one is added if it has none.
+    :param probe_interval: seconds without a message before the subscription
+        is checked end to end; ``None``: never.
 
     Connections per process, whatever the number of clients and channels: a
     pub/sub and a control connection where streams are served, and at most 4
@@ -174,11 +182,19 @@ class RedisBroker(Broker):
 
     schemes = SCHEMES
 
-    def __init__(self, url: str, *, history_size: int = 1000, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int = 1000,
+        prefix: str = DEFAULT_PREFIX,
+        probe_interval: float | None = 5.0,
+    ) -> None:
         if history_size < 1:
             raise ValueError("SSE_HISTORY_SIZE must be at least 1")
         self.url = url
         self.history_size = history_size
+        self.probe_interval = probe_interval
         self.endpoint: Endpoint = endpoint_for(url)
         if self.endpoint.kind == "cluster" and not _has_hash_tag(prefix):
             # All keys in one slot, so that each script runs on one shard.

@@ -58,8 +58,6 @@ log = logging.getLogger("flask_sse_keepalive.redis")
 #: Reconnection backoff after an outage: full jitter, growing to this cap (s).
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.5
-#: After this long without a message, the subscription is probed end to end.
-PROBE_INTERVAL = 5.0
 #: A probe that has not come back after this long: the subscription is dead.
 PROBE_TIMEOUT = 3.0
 #: How long subscribing may take before the connection is deemed broken.
@@ -137,6 +135,8 @@ class Fanout:
         so that none of them waits behind the process's publishers.
     :param high_water: the highest position the process has seen (the fence's
         evidence), shared with its publisher.
+    :param probe_interval: seconds without a message before the subscription
+        is probed (see :meth:`_probe`); ``None``: never.
     """
 
     def __init__(
@@ -146,12 +146,16 @@ class Fanout:
         pool: Any,
         control: redis.Redis,
         high_water: HighWater,
+        *,
+        probe_interval: float | None = 5.0,
     ) -> None:
         self.keys = keys
         self.endpoint = endpoint
         self.pool = pool
         self.control = control
         self.high_water = high_water
+        #: after this long without a message the subscription is probed
+        self.probe_interval = probe_interval
         sharded = endpoint.sharded
         self.commands = (
             ("SSUBSCRIBE", "SUNSUBSCRIBE", "SPUBLISH")
@@ -384,9 +388,11 @@ class Fanout:
                 return self.probe_sent_at + PROBE_TIMEOUT - now
             self.probes_lost += 1
             raise _Lost(f"a probe did not come back within {PROBE_TIMEOUT} s")
+        if self.probe_interval is None:
+            return 60.0
         quiet = now - self.last_message
-        if quiet < PROBE_INTERVAL:
-            return PROBE_INTERVAL - quiet
+        if quiet < self.probe_interval:
+            return self.probe_interval - quiet
         locate = self.endpoint.locate
         if locate is not None:
             # Sentinel or Cluster: the primary may have moved under us.

@@ -36,6 +36,8 @@ class Client:
         self.query_last_event_id = query_last_event_id
         self.reconnect_on_eof = reconnect_on_eof
         self.events: list[Dispatched] = []
+        #: every comment received, over all connections
+        self.comment_lines: list[str] = []
         self.connects = 0
         self.sock: socket.socket | None = None
         self.status = 0
@@ -133,7 +135,9 @@ class Client:
         data, self._raw = self._raw, b""
         for chunk in self._chunks.feed(data):
             self.started = True
+            before = len(self._parser.comments)
             self._parser.feed(chunk)
+            self.comment_lines += self._parser.comments[before:]
             new = self._parser.events[self._seen :]
             self._seen += len(new)
             for event in new:
@@ -147,6 +151,13 @@ class Client:
     def numbers(self) -> list[int]:
         """The ``n`` of every ordinary event received, in order."""
         return [json.loads(e.data)["n"] for e in self.events if e.type == "message"]
+
+    def data(self) -> list[str]:
+        """The data of every ordinary event received, in order."""
+        return [e.data for e in self.events if e.type == "message"]
+
+    def comments(self) -> list[str]:
+        return list(self.comment_lines)
 
     def resets(self) -> list[dict]:
         return [json.loads(e.data) for e in self.events if e.type == "stream-reset"]

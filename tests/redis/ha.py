@@ -43,13 +43,22 @@ class Relay:
         self.target = target
         self.port = free_port()
         self.paused = threading.Event()
+        #: pause only the connections open at :meth:`pause` whose client sent
+        #: these bytes (``None``: every connection)
+        self.only: bytes | None = None
+        self._held: set[socket.socket] | None = None
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._listener.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
         self._thread.start()
 
-    def pause(self) -> None:
+    def pause(self, only: bytes | None = None) -> None:
+        """Stop forwarding what the target sends; ``only``: on the connections
+        open now whose client sent these bytes (e.g. ``b"SUBSCRIBE"``), not on
+        the others nor on new ones."""
+        self.only = only
+        self._held = None
         self.paused.set()
 
     def resume(self) -> None:
@@ -65,6 +74,8 @@ class Relay:
         selector.register(self._listener, selectors.EVENT_READ, None)
         peers: dict[socket.socket, socket.socket] = {}
         from_target: set[socket.socket] = set()
+        #: the first bytes each client sent, by the socket to the target
+        sent: dict[socket.socket, bytes] = {}
         while not self._stop.is_set():
             for key, _ in selector.select(timeout=0.05):
                 sock = key.fileobj
@@ -81,7 +92,13 @@ class Relay:
                     peers[client], peers[upstream] = upstream, client
                     from_target.add(upstream)
                     continue
-                if sock in from_target and self.paused.is_set():
+                if self.paused.is_set() and self.only is not None and self._held is None:
+                    self._held = {s for s in from_target if self.only in sent.get(s, b"")}
+                if (
+                    sock in from_target
+                    and self.paused.is_set()
+                    and (self._held is None or sock in self._held)
+                ):
                     continue  # hold what the target sends: it waits in its buffers
                 try:
                     data = sock.recv(65536)
@@ -95,10 +112,13 @@ class Relay:
                         if one is not None:
                             peers.pop(one, None)
                             from_target.discard(one)
+                            sent.pop(one, None)
                             with contextlib.suppress(KeyError, ValueError):
                                 selector.unregister(one)
                             one.close()
                     continue
+                if other in from_target and len(sent.get(other, b"")) < 65536:
+                    sent[other] = sent.get(other, b"") + data
                 try:
                     other.setblocking(True)
                     other.sendall(data)
