@@ -233,3 +233,90 @@ class SentinelSetup:
             self.relay.close()
         for server in reversed(self.servers):
             server.stop(timeout=5)
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (the port + 10000) is free too."""
+    for _ in range(100):
+        with socket.socket() as low, socket.socket() as high:
+            low.bind(("127.0.0.1", 0))
+            port = int(low.getsockname()[1])
+            if port + 10000 > 65535:
+                continue
+            try:
+                high.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class ClusterSetup:
+    """A Redis Cluster of three primaries (no replicas), with AOF, so that a
+    node restarted keeps its data and its place."""
+
+    def __init__(self, path: str, root: Path) -> None:
+        self.path = path
+        self.root = root
+        self.nodes: list[Server] = []
+        try:
+            for _ in range(3):
+                self.nodes.append(self._start(free_cluster_port()))
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            done = subprocess.run(
+                ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0",
+                 "--cluster-yes"],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
+            wait(self._ok, 30, "the cluster to be ok on every node")
+        except Exception:
+            self.close()
+            raise
+
+    def _start(self, port: int) -> Server:
+        directory = self.root / f"node-{port}"
+        directory.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            self.path, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", "2000", "--appendonly", "yes", "--appendfsync", "always",
+            "--save", "", "--logfile", str(directory / "redis.log"),
+        ]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = Server(proc, port, directory / "redis.log")
+        wait_for_port(port, 10, "a cluster node", proc)
+        return server
+
+    def _ok(self) -> bool:
+        return all(
+            redis.Redis(port=node.port, socket_timeout=1).cluster("info")["cluster_state"] == "ok"
+            for node in self.nodes
+        )
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def owner_of(self, key: str) -> Server:
+        """The node that serves ``key``'s slot (the others answer MOVED)."""
+        for node in self.nodes:
+            try:
+                redis.Redis(port=node.port, socket_timeout=2).get(key)
+            except redis.ResponseError:
+                continue
+            return node
+        raise LookupError(f"no node serves {key!r}")
+
+    def restart(self, node: Server) -> Server:
+        """Stop ``node`` (SIGTERM: its AOF is complete) and start it again."""
+        node.stop()
+        index = self.nodes.index(node)
+        self.nodes[index] = self._start(node.port)
+        wait(self._ok, 30, "the cluster to be ok again")
+        return self.nodes[index]
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.stop(timeout=5)
