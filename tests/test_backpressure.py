@@ -4,75 +4,24 @@ loses nothing), and is dropped as ``slow`` once the client stops reading."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from tests.slow import BUFFER, SlowReader
 from tests.test_streams import wait_until
-from tests.wire import ChunkedBody, Parser
 
 APP = "tests.apps.producer_app:app"
-#: The kernel buffers on both ends, asked for small: the client's receive
-#: buffer and (through ``/produce?sndbuf=``) the server's send buffer. Linux
-#: doubles what is asked and rounds it, so each may hold up to about 2x this.
-BUFFER = 8192
 #: Bytes of padding per event (an event is about 1 KB on the wire).
 SIZE = 1000
-
-
-class SlowReader:
-    """A stream read by hand, as slowly as the test likes."""
-
-    opened: list[SlowReader] = []
-
-    def __init__(self, port: int, path: str) -> None:
-        self.sock = socket.socket()
-        SlowReader.opened.append(self)
-        # Before connect, so that the window the client announces is small.
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER)
-        self.sock.connect(("127.0.0.1", port))
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        self.parser = Parser()
-        self.ended = False
-        self.last_read = time.time()
-        self._head = b""
-        self._body: ChunkedBody | None = None
-
-    def read(self, size: int, timeout: float = 5) -> None:
-        """One ``recv`` of at most ``size`` bytes (waiting at most ``timeout``)."""
-        self.sock.settimeout(timeout)
-        data = self.sock.recv(size)
-        self.last_read = time.time()
-        if not data:
-            self.ended = True
-            return
-        if self._body is None:
-            self._head += data
-            if b"\r\n\r\n" not in self._head:
-                return
-            head, data = self._head.split(b"\r\n\r\n", 1)
-            assert head.startswith(b"HTTP/1.1 200"), head
-            self._body = ChunkedBody()
-        for chunk in self._body.feed(data):
-            self.parser.feed(chunk)
-        self.ended = self._body.ended
-
-    @property
-    def numbers(self) -> list[int]:
-        return [int(event.data.split(" ", 1)[0]) for event in self.parser.events]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(autouse=True)
 def _close_readers() -> Iterator[None]:
     yield
-    while SlowReader.opened:
-        SlowReader.opened.pop().close()
+    SlowReader.close_all()
 
 
 def progress(server, key: str) -> dict:
