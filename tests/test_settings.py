@@ -14,7 +14,7 @@ import httpx
 import pytest
 from flask import Flask
 
-from flask_sse_keepalive import SSE, runtime, sse_stream
+from flask_sse_keepalive import SSE, sse_stream
 from tests.conftest import ROOT, free_port, wait_for_port
 from tests.test_streams import publish, stats, wait_until
 from tests.wire import RawStream
@@ -71,6 +71,11 @@ def test_allow_threads_false_refuses_even_the_development_server(tmp_path: Path)
     assert "SSE streams cannot be served" in (tmp_path / "flask.log").read_text()
 
 
+def gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey is not None and monkey.is_module_patched("socket"))
+
+
 def make_app(allow_threads: object, testing: bool) -> Flask:
     app = Flask(__name__)
     app.testing = testing
@@ -99,7 +104,7 @@ def make_app(allow_threads: object, testing: bool) -> Flask:
 )
 def test_allow_threads_under_the_test_client(allow_threads, testing, status) -> None:
     # What is checked here holds only where gevent has not patched the process.
-    assert not runtime.gevent_patched()
+    assert not gevent_patched()
     client = make_app(allow_threads, testing).test_client()
     for path in ("/stream?channel=a", "/generated"):
         response = client.get(path, buffered=False)

@@ -44,7 +44,7 @@ def test_an_id_from_before_a_worker_restart_gets_stream_reset(gunicorn, restart)
         server.proc.send_signal(signal.SIGHUP)  # a reload: gunicorn starts a new worker
     else:
         os.kill(old_worker, signal.SIGKILL)  # a crash: the master replaces it
-    stream.read_to_end(10)
+    stream.close()
 
     again = open_on_new_worker(server, old_worker, {"Last-Event-ID": seen})
     again.wait_for(lambda s: s.events, 5, "the first event after the restart")

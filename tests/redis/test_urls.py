@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flask_sse_keepalive.brokers import BrokerUnavailable
+from flask_sse_keepalive import BrokerUnavailable
 from flask_sse_keepalive.brokers.redis import RedisBroker
 from flask_sse_keepalive.event import Event
 from tests.conftest import Server, free_port, redis_server_path, stop_process, wait_for_port
