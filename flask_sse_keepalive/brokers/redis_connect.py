@@ -29,7 +29,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS, Connection, SSLConnection
+from redis.connection import (
+    URL_QUERY_ARGUMENT_PARSERS,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPoolProxy, SentinelManagedConnection
@@ -54,7 +59,7 @@ class Endpoint:
 
     url: str
     kind: str
-    connection_class: type[Connection]
+    connection_class: type[Any]
     kwargs: dict[str, Any]
     #: attaches a pool to what finds the primary (Sentinel), before first use
     attach: Callable[[Any], None] | None = None
@@ -72,6 +77,8 @@ class Endpoint:
     def pool(self, size: int, *, timeout: float, **options: Any) -> redis.BlockingConnectionPool:
         """A pool of at most ``size`` connections; waits ``timeout`` for one."""
         kwargs = {**self.kwargs, **options, "retry": Retry(NoBackoff(), 0)}
+        if issubclass(self.connection_class, UnixDomainSocketConnection):
+            kwargs.pop("socket_keepalive", None)  # a TCP option
         pool = redis.BlockingConnectionPool(
             max_connections=size,
             timeout=timeout,

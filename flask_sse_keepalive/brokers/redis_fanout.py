@@ -318,6 +318,13 @@ class Fanout:
                 level = logging.DEBUG if lost else logging.WARNING
                 log.log(level, "Redis pub/sub connection lost (%s); reconnecting", exc)
                 lost = True
+            except Exception:
+                if self.stopped.is_set():
+                    return
+                # A bug or a bad setting must not leave the streams unserved
+                # for good: say it (with the traceback), and try again.
+                log.exception("the Redis fan-out failed; reconnecting")
+                lost = True
             finally:
                 self._disconnect()
             # A connection that worked starts the backoff over.
@@ -512,6 +519,7 @@ class Fanout:
         Called with the lock held.
         """
         subscriber = record.subscriber
+        catch_up: list[Message] = []
         if status:
             # The resume script answers with one of the reset reasons.
             reason = cast(ResetReason, status)
@@ -522,8 +530,7 @@ class Fanout:
         elif not record.epoch:
             record.last = seq  # a new stream: live from here
         else:
-            for message in replay:
-                subscriber.deliver(message)
+            catch_up = list(replay)
             record.last = max(record.last, seq)
         record.epoch = epoch
         record.forced = ""
@@ -535,8 +542,10 @@ class Fanout:
                 record.held = held[index:]
                 self.pending[id(subscriber)] = record
                 self.wake.set()
+                subscriber.replay(catch_up)
                 return
             if message.seq > record.last:
-                subscriber.deliver(message)
+                catch_up.append(message)
                 record.last = message.seq
+        subscriber.replay(catch_up)
         subscriber.ready()
