@@ -64,7 +64,7 @@ class SSE:
         app.extensions["sse"] = self
         app.register_blueprint(make_blueprint(self), url_prefix=settings.url_prefix)
         app.cli.add_command(sse_cli)
-        server.check_server(app.name, settings.broker_url)
+        server.check_server(app.name, settings.broker_url, allow_threads=settings.allow_threads)
 
     def state(self, app: Flask | None = None) -> AppState:
         """The state of ``app`` (default: the current app) in this process:

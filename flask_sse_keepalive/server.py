@@ -131,7 +131,7 @@ def gunicorn_worker() -> Any:
 _checked: set[tuple[int, str]] = set()
 
 
-def check_server(app_name: str, broker_url: str) -> None:
+def check_server(app_name: str, broker_url: str, *, allow_threads: bool | None = None) -> None:
     """Log what will not work in this gunicorn worker, once per worker and app.
 
     Only a gunicorn worker knows for sure: a gunicorn master that preloads
@@ -140,6 +140,8 @@ def check_server(app_name: str, broker_url: str) -> None:
     So this runs when the app is set up and again when a process opens its
     first stream (a preloaded app's workers); elsewhere the first refused
     stream logs the wrong-server warning (:func:`warn_wrong_server`).
+    ``allow_threads=True`` (``SSE_ALLOW_THREADS``) says streams in OS threads
+    are wanted: no warning then.
     """
     key = (os.getpid(), app_name)
     if key in _checked:
@@ -148,7 +150,7 @@ def check_server(app_name: str, broker_url: str) -> None:
     if worker is None:
         return
     _checked.add(key)
-    if not gevent_patched():
+    if not gevent_patched() and allow_threads is not True:
         warn_wrong_server(app_name)
     workers = getattr(worker.cfg, "workers", 1) or 1
     if workers > 1 and broker_url.startswith("memory:"):

@@ -130,7 +130,10 @@ class AppState:
         if self._checked_pid != os.getpid():
             # A preloaded app's worker meets its first stream: check it now.
             self._checked_pid = os.getpid()
-            server.check_server(self.name, self.settings.broker_url)
+            settings = self.settings
+            server.check_server(
+                self.name, settings.broker_url, allow_threads=settings.allow_threads
+            )
             _watch(self)
         self.connections.add(connection)
         self.intervals[connection.heartbeat_interval] += 1
