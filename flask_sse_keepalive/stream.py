@@ -104,11 +104,13 @@ class Connection:
         "_deadline",
         "_eof_watcher",
         "_event",
+        "_exempt",
         "_last_seq",
         "_last_write",
         "_live",
         "_pending",
         "_queue_size",
+        "_replaying",
         "_send_timeout",
         "_state",
         "_subscribed",
@@ -150,6 +152,9 @@ class Connection:
         if self.mode != "threaded":
             bound_dead_peer(self._cut, settings.dead_peer_seconds(self.heartbeat_interval))
         self._pending: list[bytes] = []
+        #: queued payloads of a replay: not counted against the queue's bound
+        self._exempt = 0
+        self._replaying = False
         self._live = False
         self._last_seq = -1
         self._last_write = time.monotonic()
@@ -179,6 +184,16 @@ class Connection:
         self._state.stats.resets += 1
         data = {"reason": reason, "last_event_id": self.last_event_id}
         self._send(Event(data=data, event="stream-reset", id=position).encode())
+
+    def replay(self, messages: list[Message]) -> None:
+        """Take a resume's replay: all of it, whatever the queue's bound (the
+        history bounds it); the bound applies to what comes after it."""
+        self._replaying = True
+        try:
+            for message in messages:
+                self.deliver(message)
+        finally:
+            self._replaying = False
 
     def ready(self) -> None:
         """Say once that the stream is subscribed (see :data:`SUBSCRIBED`)."""
@@ -240,7 +255,9 @@ class Connection:
     def _queue(self, payload: bytes) -> None:
         if self._close_reason is not None:
             return
-        if self._live and len(self._pending) >= self._queue_size:
+        if self._replaying:
+            self._exempt += 1
+        elif self._live and len(self._pending) - self._exempt >= self._queue_size:
             self._drop_slow(f"{len(self._pending)} events queued")
             return
         self._pending.append(payload)
@@ -257,6 +274,7 @@ class Connection:
             return b""
         taken = pending[:]
         del pending[: len(taken)]
+        self._exempt = 0
         return b"".join(taken)
 
     def _drop_slow(self, why: str) -> None:

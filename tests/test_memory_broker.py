@@ -25,6 +25,10 @@ class Collector:
     def reset(self, reason: str, position: str, seq: int) -> None:
         self.resets.append((reason, position, seq))
 
+    def replay(self, messages: list[Message]) -> None:
+        for message in messages:
+            self.deliver(message)
+
     def ready(self) -> None:
         self.ready_at.append(len(self.messages))
 

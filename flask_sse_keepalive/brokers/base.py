@@ -92,6 +92,11 @@ class Subscriber(Protocol):
     def reset(self, reason: ResetReason, position: str, seq: int) -> None:
         """Start the stream at ``position`` with a ``stream-reset`` event."""
 
+    def replay(self, messages: list[Message]) -> None:
+        """Take what a resume missed, in order: like :meth:`deliver` for each,
+        but all of it, however long (the history bounds it), even for a
+        subscriber that limits what it queues."""
+
     def ready(self) -> None:
         """Subscribed and positioned: the replay (or reset) has been delivered,
         and every event published from now on will be. Called at least once

@@ -93,8 +93,7 @@ class MemoryBroker(Broker):
                 if isinstance(after, ResumeError):
                     subscriber.reset(after.reason, format_id(self.epoch, self._seq), self._seq)
                 else:
-                    for message in self._replay(subscriber.channels, after):
-                        subscriber.deliver(message)
+                    subscriber.replay(list(self._replay(subscriber.channels, after)))
             subscriber.ready()
 
     def _resume_point(self, subscriber: Subscriber, last_event_id: str) -> int | ResumeError:

@@ -51,6 +51,10 @@ class Recorder:
         self.resets.append({"reason": reason, "position": position, "after": len(self.seqs)})
         self.seqs.append(-seq)  # a marker in the sequence: "reset to seq"
 
+    def replay(self, messages: list[Message]) -> None:
+        for message in messages:
+            self.deliver(message)
+
     def ready(self) -> None:
         self.ready_at.append(len(self.seqs))
 
