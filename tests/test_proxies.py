@@ -10,17 +10,20 @@ the stream's way through the proxy.
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-import httpx
 import pytest
 
 from tests.proxies import Proxies, Proxy, find_binary
 from tests.test_streams import publish, signal_log, stats, wait_until
-from tests.wire import RawStream
+from tests.wire import ChunkedBody, RawStream
 
 APP = "tests.apps.basic:app"
 HEARTBEAT = 2
@@ -31,6 +34,7 @@ SURVIVE = 30
 #: A stream whose heartbeat (10 s) is longer than the proxy's idle timeout.
 CONTROL = "/stream?channel=control&heartbeat=10"
 SURVIVOR = "/stream?channel=survivor"
+SUBSCRIBED = b": sse-keepalive subscribed\n"
 
 
 def subscribed(stream: RawStream) -> bool:
@@ -61,17 +65,20 @@ def outlived(ended_after: float | None, stream: RawStream, seconds: float) -> st
 def test_an_idle_stream_outlives_the_idle_timeout_and_the_control_does_not(gunicorn, proxy) -> None:
     server = gunicorn(APP, env=SERVER_ENV)
     front = proxy(server)
-    survivor = RawStream(front.port, SURVIVOR)
-    control = RawStream(front.port, CONTROL)
-    for stream in (survivor, control):
-        stream.wait_for(subscribed, 5, "the stream to be subscribed")
-    opened = time.monotonic()
+    # Each stream's clock starts when its last byte before the silence arrived.
+    started: dict[str, float] = {}
+    streams: dict[str, RawStream] = {}
+    for name, path in (("control", CONTROL), ("survivor", SURVIVOR)):
+        streams[name] = RawStream(front.port, path)
+        streams[name].wait_for(subscribed, 5, f"the {name} stream to be subscribed")
+        started[name] = time.monotonic()
+    survivor, control = streams["survivor"], streams["control"]
     ended_after: dict[str, float] = {}
     # Both streams side by side, for the whole time: nothing but heartbeats on either.
-    while time.monotonic() - opened < SURVIVE:
-        for name, stream in (("survivor", survivor), ("control", control)):
+    while time.monotonic() - started["survivor"] < SURVIVE:
+        for name, stream in streams.items():
             if name not in ended_after and not stream.pump(0.05):
-                ended_after[name] = time.monotonic() - opened
+                ended_after[name] = time.monotonic() - started[name]
 
     assert outlived(ended_after.get("survivor"), survivor, SURVIVE) is None
     assert survivor.events == []
@@ -148,7 +155,7 @@ def test_an_event_passes_the_proxy_at_once(gunicorn, proxy) -> None:
             returned = time.monotonic()
             arrived = arrivals.wait(n, 10)
             # From just before the publish request to the event at the client, less
-            # the publish request's own time: what the stream's way adds.
+            # the publish request's own time: what the way through the proxy adds.
             delays.append((arrived - before) - (returned - before))
     finally:
         arrivals.stop()
@@ -179,27 +186,113 @@ def test_resume_through_the_proxy_gets_exactly_the_missed_events(gunicorn, proxy
     ]
 
 
+@dataclass
+class Response:
+    """The first response in bytes read off a connection: ``whole`` once its
+    chunked body ended; ``rest`` is what followed it."""
+
+    head: bytes = b""
+    body: bytes = b""
+    whole: bool = False
+    rest: bytes = b""
+
+    @property
+    def status_line(self) -> bytes:
+        return self.head.split(b"\r\n", 1)[0]
+
+
+def first_response(received: bytes) -> Response:
+    if b"\r\n\r\n" not in received:
+        return Response()
+    head, data = received.split(b"\r\n\r\n", 1)
+    chunks = ChunkedBody()
+    body = b""
+    # A byte at a time: where the body ends, the next response begins.
+    while data and not chunks.ended:
+        body += b"".join(chunks.feed(data[:1]))
+        data = data[1:]
+    return Response(head, body, chunks.ended, data)
+
+
+class RawConnection:
+    """One client connection to a proxy, its answers read as bytes."""
+
+    def __init__(self, port: int, requests: bytes) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.received = b""
+        self.closed = False  # by the other end
+        self.sock.sendall(requests)
+
+    def read(self, until: Callable[[Response], bool], timeout: float, what: str) -> Response:
+        """Read until ``until(first response)`` holds or the connection ends."""
+        deadline = time.monotonic() + timeout
+        while not until(first_response(self.received)) and not self.closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue  # the deadline says what was awaited
+            self.received += data
+            self.closed = not data
+        return first_response(self.received)
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.sock.close()
+
+
 def test_a_stream_the_server_ends_is_whole_and_its_connection_is_not_reused(
     gunicorn, proxy
 ) -> None:
-    """A stream ends with the server closing its connection: a proxy that keeps
-    that connection for another request sends the request into the close (nginx
-    answers a POST there with 502, HAProxy closes the client's connection)."""
+    """A stream ends with the server closing its connection. A request queued
+    behind it (here pipelined on the same client connection; another client's,
+    or one multiplexed on a browser's HTTP/2 connection, alike) is sent the
+    moment the stream ends: a proxy that keeps the stream's connection for it
+    sends it into the close (nginx answers 502, HAProxy closes the client's
+    connection without an answer)."""
     server = gunicorn(APP, env={**SERVER_ENV, "SSE_MAX_STREAM_SECONDS": "0.01"})
     front = proxy(server)
-    rounds = 150
-    outcomes: Counter[tuple[str, object]] = Counter()
-    with httpx.Client(base_url=front.url, timeout=10) as client:
-        for _ in range(rounds):
-            try:
-                with client.stream("GET", "/stream?channel=rotating") as response:
-                    body = response.read()  # an incomplete chunked body raises
-                outcomes["stream", (response.status_code, b"\n: lifetime\n" in body)] += 1
-            except httpx.HTTPError as exc:
-                outcomes["stream", type(exc).__name__] += 1
-            try:
-                response = client.post("/control/publish", json={"data": "x", "channel": "other"})
-                outcomes["publish", response.status_code] += 1
-            except httpx.HTTPError as exc:
-                outcomes["publish", type(exc).__name__] += 1
-    assert outcomes == {("stream", (200, True)): rounds, ("publish", 200): rounds}
+    publish_body = b'{"data": "x", "channel": "other"}'
+    requests = (
+        b"GET /stream?channel=rotating HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        b"POST /control/publish HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+    ) % (len(publish_body), publish_body)
+    rounds = 50
+    outcomes: Counter[tuple[bytes, bool, bool, bytes]] = Counter()
+    for _ in range(rounds):
+        with RawConnection(front.port, requests) as connection:
+            stream = connection.read(
+                lambda response: response.whole and b"\r\n" in response.rest, 10, "both answers"
+            )
+        outcomes[
+            stream.status_line,
+            stream.whole,
+            stream.body.endswith(b"\n\n") and b"\n: lifetime\n" in stream.body,
+            stream.rest.split(b"\r\n", 1)[0],  # the next status line, or nothing
+        ] += 1
+    assert outcomes == {(b"HTTP/1.1 200 OK", True, True, b"HTTP/1.1 200 OK"): rounds}
+    assert stats(server)["published"] == rounds
+
+
+def test_a_worker_that_dies_cuts_the_stream_at_the_client(gunicorn, proxy) -> None:
+    """The stream is chunked all the way (nginx: ``proxy_http_version 1.1``), so
+    a worker that dies mid-stream is a cut at the client, not a stream that ended."""
+    server = gunicorn(APP, env=SERVER_ENV)
+    front = proxy(server)
+    worker = stats(server)["pid"]
+    request = b"GET /stream?channel=a HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with RawConnection(front.port, request) as connection:
+        connection.read(lambda r: SUBSCRIBED in r.body, 5, "the stream to be subscribed")
+        os.kill(worker, signal.SIGKILL)
+        stream = connection.read(lambda r: r.whole, 10, "the end of the stream")
+    assert stream.status_line == b"HTTP/1.1 200 OK"
+    assert SUBSCRIBED in stream.body
+    assert not stream.whole, "the client saw a complete response from a killed worker"
+    # gunicorn replaces the worker; let it finish starting before the server stops.
+    wait_until(lambda: stats(server)["pid"] != worker, 20, "a new worker")
