@@ -11,7 +11,14 @@ The figures are copied into ordinary ``prometheus_client`` counters and gauges
 every ``interval`` seconds (and at each scrape), never on the hot path. Under
 gunicorn with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` (an empty
 directory, cleared before start) in the environment: each worker then writes
-its values there and :attr:`view` serves the sum over all workers.
+its values there and :attr:`view` serves the sum over all workers. gunicorn
+must then tell ``prometheus_client`` when a worker exits, or a dead worker's
+gauges stay in the sums: in ``gunicorn.conf.py``::
+
+    from prometheus_client import multiprocess
+
+    def child_exit(server, worker):
+        multiprocess.mark_process_dead(worker.pid)
 """
 
 from __future__ import annotations
