@@ -49,9 +49,25 @@ def publish_command(channel: str, data: str, event: str | None, as_json: bool) -
 
 
 @sse_cli.command("stats")
-def stats_command() -> None:
-    """Print this process's figures as JSON (the broker's channels included)."""
-    json.dump(_extension().stats(), sys.stdout, indent=2, sort_keys=True)
+@click.option(
+    "--all",
+    "everywhere",
+    is_flag=True,
+    help="Every live process that serves streams, and the totals (sse.cluster_stats()).",
+)
+def stats_command(everywhere: bool) -> None:
+    """Print figures as JSON: with --all those of every serving process and
+    their totals; without, this command's own process's (which serves no
+    streams: it shows the settings load)."""
+    extension = _extension()
+    if everywhere:
+        try:
+            figures = extension.cluster_stats()
+        except BrokerUnavailable as exc:
+            raise click.ClickException(f"broker unavailable: {exc}") from None
+    else:
+        figures = extension.stats()
+    json.dump(figures, sys.stdout, indent=2, sort_keys=True)
     click.echo()
 
 

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "SSE_ALLOW_THREADS": None,
     "SSE_REDIS_PREFIX": "sse:",
     "SSE_REDIS_PROBE_INTERVAL": 5.0,
+    "SSE_REPORT_INTERVAL": 5.0,
 }
 
 
@@ -88,6 +89,8 @@ class Settings:
     redis_prefix: str
     #: ``None``: the subscription is never probed
     redis_probe_interval: float | None
+    #: seconds between two reports of a process's figures to the cluster view
+    report_interval: float
 
     def dead_peer_seconds(self, heartbeat_interval: float) -> float:
         """How long a connection's sent bytes may stay unacknowledged before
@@ -138,4 +141,5 @@ class Settings:
             redis_probe_interval=_number(
                 config, "SSE_REDIS_PROBE_INTERVAL", minimum=0.1, optional=True
             ),
+            report_interval=float(_number(config, "SSE_REPORT_INTERVAL", minimum=0.05)),
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -13,6 +12,7 @@ from flask import Flask, current_app, has_app_context, request
 
 from . import server, signals
 from .cli import sse_cli
+from .cluster import totals
 from .config import DEFAULTS, Settings
 from .event import Event, check_channel
 from .state import AppState
@@ -196,27 +196,57 @@ class SSE:
         ``heartbeat_intervals`` (open streams by their heartbeat interval in
         seconds, e.g. ``{"15": 980, "2": 20}``), ``broker`` (the bus's
         connection in this process: with Redis, ``reconnects`` and
-        ``probes_lost``, see :doc:`scaling`) and ``pid``.
+        ``probes_lost``, see :doc:`scaling`), ``shutting_down``; and who
+        they are: ``id`` (the process in :meth:`cluster_stats`), ``host``,
+        ``pid``, ``app`` (the app's name), ``time`` (when taken, Unix time)
+        and ``uptime`` (seconds since the process started).
+        """
+        return self.state().figures()
+
+    def cluster_stats(self) -> dict[str, Any]:
+        """Figures of every live process on the broker, and their totals.
+
+        ``processes``: one :meth:`stats` per process, sorted by host and
+        pid; ``totals``: their counters added up, with ``processes`` (how
+        many) and ``shutting_down`` (how many are stopping).
+
+        With Redis, each process that has opened a stream reports its
+        figures every ``SSE_REPORT_INTERVAL`` seconds, so each entry is at
+        most about that old (its ``time`` says when it was taken); this
+        process's own are taken now. A process that died without a word is
+        listed until its report expires (three intervals). A process that
+        serves no stream (this CLI command, a script that publishes) is not
+        listed. With the memory broker the one process is the whole cluster:
+        its own figures.
+
+        :raises BrokerUnavailable: if Redis cannot be read.
         """
         state = self.state()
-        stats = state.stats
-        return {
-            "pid": os.getpid(),
-            "connections": len(state.connections),
-            "channels": state.broker.subscriber_counts(),
-            "broker": state.broker.health(),
-            "published": stats.published,
-            "delivered": stats.delivered,
-            "heartbeats": stats.heartbeats,
-            "resets": stats.resets,
-            "slow": stats.slow,
-            "refused": stats.refused,
-            "connects": stats.connects,
-            "disconnects": dict(stats.disconnects),
-            "modes": dict(stats.modes),
-            "heartbeat_intervals": {f"{i:g}": n for i, n in sorted(state.intervals.items())},
-            "shutting_down": state.shutting_down,
-        }
+        processes = state.broker.presence().processes(state.figures)
+        processes.sort(key=lambda p: (str(p.get("host")), int(p.get("pid") or 0), str(p.get("id"))))
+        return {"processes": processes, "totals": totals(processes)}
+
+    def subscriber_count(self, channel: str) -> int:
+        """Subscribers of ``channel`` in every live process on the broker
+        (for a "12 watching" badge); cheap enough for every request.
+
+        This process's subscribers are counted as they are. With Redis, the
+        other processes' are what they last reported, cached here for
+        ``SSE_REPORT_INTERVAL`` seconds: the figure is at most about two
+        intervals behind a change in another process (one until that process
+        reports it, one until this cache is read again), and a process that
+        died without a word is counted until its report expires (three
+        intervals). At most once per interval and channel, a call reads
+        Redis (one round trip); while Redis cannot be reached it answers with
+        the last figures read, and tries again an interval later.
+
+        :raises ValueError: for an invalid channel name.
+        """
+        check_channel(channel)
+        state = self.state()
+        broker = state.broker
+        remote = broker.presence().remote_subscribers(channel, state.settings.report_interval)
+        return broker.subscriber_count(channel) + remote
 
     def shutdown(self) -> None:
         """End every open stream of the current app in this process and refuse

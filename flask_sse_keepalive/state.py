@@ -17,6 +17,8 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import secrets
+import socket
 import threading
 import time
 import weakref
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import server, signals
 from .brokers import Broker, create_broker
+from .brokers.base import Figures
 from .config import Settings
 
 if TYPE_CHECKING:
@@ -83,6 +86,8 @@ class AppState:
         self._broker: Broker | None = None
         self._broker_pid = 0
         self._checked_pid = 0
+        #: this state's name in the cluster view, per process: (pid, token)
+        self._identity = (0, "")
         self._lock = threading.Lock()
 
     @property
@@ -108,6 +113,39 @@ class AppState:
                     )
                     self._broker_pid = pid
         return self._broker
+
+    def figures(self) -> Figures:
+        """This process's figures for the app: what :meth:`SSE.stats` returns,
+        and what the process reports to the cluster view. Safe to call from
+        another thread."""
+        stats = self.stats
+        pid = os.getpid()
+        if self._identity[0] != pid:
+            self._identity = (pid, secrets.token_hex(3))
+        now = time.time()
+        return {
+            "id": f"{_HOST}:{pid}:{self._identity[1]}",
+            "host": _HOST,
+            "pid": pid,
+            "app": self.name,
+            "time": round(now, 3),
+            "uptime": round(now - _process_started, 3),
+            "connections": len(self.connections),
+            "channels": self.broker.subscriber_counts(),
+            "broker": self.broker.health(),
+            "published": stats.published,
+            "delivered": stats.delivered,
+            "heartbeats": stats.heartbeats,
+            "resets": stats.resets,
+            "slow": stats.slow,
+            "refused": stats.refused,
+            "connects": stats.connects,
+            # dict() copies in one step: a stream may open meanwhile.
+            "disconnects": dict(stats.disconnects),
+            "modes": dict(stats.modes),
+            "heartbeat_intervals": {f"{i:g}": n for i, n in sorted(dict(self.intervals).items())},
+            "shutting_down": self.shutting_down,
+        }
 
     def refusal(self, client_key: str | None) -> str | None:
         """Why a new stream cannot be accepted now, or ``None``."""
@@ -135,6 +173,8 @@ class AppState:
                 self.name, settings.broker_url, allow_threads=settings.allow_threads
             )
             _watch(self)
+            # A process that serves streams is in the cluster view from now on.
+            self.broker.presence().start(self.figures, self.settings.report_interval)
         self.connections.add(connection)
         self.intervals[connection.heartbeat_interval] += 1
         client_key = connection.client_key
@@ -188,7 +228,19 @@ class AppState:
             log.exception("a receiver of %s failed", signal.name)
 
 
-# -- the process: worker shutdown and exit ---------------------------------------
+# -- the process: its name, worker shutdown and exit ------------------------------
+
+_HOST = socket.gethostname()
+#: when this process started (a forked worker: when it was forked)
+_process_started = time.time()
+
+
+def _restart_clock() -> None:
+    global _process_started
+    _process_started = time.time()
+
+
+os.register_at_fork(after_in_child=_restart_clock)
 
 _states: weakref.WeakSet[AppState] = weakref.WeakSet()
 _watcher: Any = None

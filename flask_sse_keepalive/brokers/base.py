@@ -14,15 +14,17 @@ resumed without a possible gap, and is answered with ``stream-reset``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from typing import Literal, NamedTuple, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple, Protocol
 
 from ..event import Event
 
 __all__ = [
     "Broker",
     "BrokerUnavailable",
+    "Figures",
     "Message",
+    "Presence",
     "Published",
     "ResetReason",
     "ResumeError",
@@ -115,6 +117,45 @@ def parse_id(event_id: str) -> tuple[str, int] | None:
     return epoch, int(seq)
 
 
+#: One process's figures for one app, as :meth:`SSE.stats` returns them: JSON values.
+Figures = dict[str, Any]
+
+
+class Presence:
+    """How the processes that share a broker see one another: the cluster view.
+
+    This base is the view of a broker that serves one process (the memory
+    broker): that process is the whole cluster, and its figures are read as
+    they are. A shared broker's presence reports each serving process's
+    figures to the others (:mod:`.redis_presence`).
+    """
+
+    def start(self, figures: Callable[[], Figures], interval: float) -> None:
+        """Take part from now on: report ``figures()`` every ``interval``
+        seconds until the broker closes. Never blocks; called by the first
+        stream a process opens."""
+
+    def processes(self, figures: Callable[[], Figures]) -> list[Figures]:
+        """The figures of every live process, read now; this process's own
+        are ``figures()`` if it takes part.
+
+        :raises BrokerUnavailable: if the other processes' figures cannot be read.
+        """
+        return [figures()]
+
+    def remote_subscribers(self, channel: str, max_age: float) -> int:
+        """Subscribers of ``channel`` in the *other* live processes, as they
+        last reported, from a cache at most ``max_age`` seconds old. Never
+        raises: when they cannot be read, the last figures read."""
+        return 0
+
+    def close(self) -> None:
+        """Stop taking part (the broker closes)."""
+
+
+_ALONE = Presence()
+
+
 class Broker(abc.ABC):
     """An event bus with history. One instance per app per process."""
 
@@ -155,3 +196,11 @@ class Broker(abc.ABC):
     def health(self) -> dict[str, int]:
         """Counters of the bus's connection in this process (for :meth:`SSE.stats`)."""
         return {}
+
+    def subscriber_count(self, channel: str) -> int:
+        """Local subscribers of ``channel``; cheap enough for every request."""
+        return self.subscriber_counts().get(channel, 0)
+
+    def presence(self) -> Presence:
+        """The view of every process that shares this broker (see :class:`Presence`)."""
+        return _ALONE

@@ -133,6 +133,10 @@ class MemoryBroker(Broker):
                 if not state.subscribers and not state.history:
                     del self._channels[name]
 
+    def subscriber_count(self, channel: str) -> int:
+        state = self._channels.get(channel)
+        return 0 if state is None else len(state.subscribers)
+
     def subscriber_counts(self) -> dict[str, int]:
         with self._lock:
             return {
