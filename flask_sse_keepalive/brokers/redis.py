@@ -9,7 +9,8 @@ Redis keeps the epoch too, so every process agrees on the ids.
 Each process holds a constant number of Redis connections, whatever its number
 of clients and channels: a process that serves streams has **one pub/sub
 connection and one control connection** (subscribing, replay; see
-:mod:`.redis_fanout`), and a process that publishes has a pool of **at most 4
+:mod:`.redis_fanout`) and one that reports to the cluster view (see
+:mod:`.redis_presence`), and a process that publishes has a pool of **at most 4
 publishing connections**, opened as concurrent publishes need them (the URL's
 ``?max_connections=`` changes that number). All are made lazily, in the
 process that uses them, and made anew after a fork (a broker created in a
@@ -31,6 +32,7 @@ from ..event import Event
 from .base import Broker, BrokerUnavailable, Published, Subscriber, format_id
 from .redis_connect import SCHEMES, Endpoint, NotExecuted, endpoint_for
 from .redis_fanout import Fanout
+from .redis_presence import RedisPresence
 from .redis_schema import (
     CONNECTION_ERRORS,
     PUBLISH,
@@ -64,6 +66,8 @@ class _Process:
         self.pool = self._pool(POOL_SIZE)
         #: made by the first subscriber (a process that only publishes has none)
         self.fanout: Fanout | None = None
+        #: the cluster view, made on first use
+        self._presence: RedisPresence | None = None
         self._lock = threading.Lock()
         sharded = broker.endpoint.sharded
         self._script, self._sha = (SPUBLISH, SPUBLISH_SHA) if sharded else (PUBLISH, PUBLISH_SHA)
@@ -94,6 +98,14 @@ class _Process:
                         probe_interval=self.broker.probe_interval,
                     )
         return self.fanout
+
+    def presence(self) -> RedisPresence:
+        if self._presence is None:
+            with self._lock:
+                if self._presence is None:
+                    client = redis.Redis(connection_pool=self._pool(1))
+                    self._presence = RedisPresence(self.broker.keys, client)
+        return self._presence
 
     def publish(self, channel: str, fields: list[str]) -> tuple[str, int]:
         keys = self.broker.keys
@@ -154,6 +166,8 @@ class _Process:
         return epoch.decode(), int(seq)
 
     def close(self) -> None:
+        if self._presence is not None:
+            self._presence.close()
         if self.fanout is not None:
             self.fanout.close()
             self.fanout.control.connection_pool.disconnect()
@@ -176,8 +190,8 @@ class RedisBroker(Broker):
         is checked end to end; ``None``: never.
 
     Connections per process, whatever the number of clients and channels: a
-    pub/sub and a control connection where streams are served, and at most 4
-    publishing connections where events are published.
+    pub/sub, a control and a report connection where streams are served, and
+    at most 4 publishing connections where events are published.
     """
 
     schemes = SCHEMES
@@ -241,6 +255,13 @@ class RedisBroker(Broker):
         if fanout is None:
             return {}
         return {"reconnects": fanout.reconnects, "probes_lost": fanout.probes_lost}
+
+    def subscriber_count(self, channel: str) -> int:
+        fanout = self._serving()
+        return 0 if fanout is None else fanout.count(channel)
+
+    def presence(self) -> RedisPresence:
+        return self._state().presence()
 
     def close(self) -> None:
         state = self._process

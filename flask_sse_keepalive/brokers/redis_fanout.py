@@ -231,6 +231,10 @@ class Fanout:
         with self.lock:
             return {channel: len(records) for channel, records in self.by_channel.items()}
 
+    def count(self, channel: str) -> int:
+        # No lock: a channel's records are a tuple, replaced whole.
+        return len(self.by_channel.get(channel, ()))
+
     def close(self) -> None:
         _running.discard(self)
         self.stopped.set()

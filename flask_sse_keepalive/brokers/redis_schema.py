@@ -13,6 +13,21 @@ Keys, under a prefix (``SSE_REDIS_PREFIX``, default ``sse:``)::
     {prefix}live:{name}     pub/sub channel that wakes the channel's readers
     {prefix}probe:{token}   pub/sub channel of one process's liveness probe
 
+The cluster view (:mod:`.redis_presence`), in the same slot as the rest
+when the prefix has a hash tag::
+
+    {prefix}processes                  sorted set: the id of each reporting
+                                       process -> when its report expires
+                                       (ms, Redis's clock)
+    {prefix}process:{id}               string: the process's figures as JSON
+                                       (all but ``channels``); expires
+    {prefix}process-channels:{id}      hash: channel -> the process's
+                                       subscribers; expires with the above
+
+A process id is ``{host}:{pid}:{token}``. A report is written with a
+lifetime of :data:`REPORT_LIFETIMES` intervals; the index only finds the
+reports, their expiry is what takes a dead process out of the view.
+
 A stream entry's fields: ``p`` (the seq of the channel's previous entry),
 then ``d`` (data), ``e`` (event type) and ``r`` (retry), each only when set.
 A pub/sub message is ``{epoch}\\n{seq}\\n{JSON list of the entry's fields}``.
@@ -35,7 +50,8 @@ trimming does not update it.)
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -45,8 +61,11 @@ from .base import Message
 
 __all__ = [
     "CONNECTION_ERRORS",
+    "LIVE_PROCESSES",
     "PUBLISH",
     "PUBLISH_SHA",
+    "REPORT",
+    "REPORT_LIFETIMES",
     "RESUME",
     "RESUME_SHA",
     "SPUBLISH",
@@ -55,7 +74,9 @@ __all__ = [
     "Keys",
     "decode_fields",
     "event_fields",
+    "figures_from_report",
     "message_from_fields",
+    "report_fields",
 ]
 
 #: What redis-py raises when Redis cannot be reached or stops answering.
@@ -70,6 +91,7 @@ class Keys:
         self.epoch = f"{prefix}epoch"
         self.seq = f"{prefix}seq"
         self.heads = f"{prefix}heads"
+        self.processes = f"{prefix}processes"
 
     def stream(self, channel: str) -> str:
         """The Redis Stream holding ``channel``'s history."""
@@ -82,6 +104,14 @@ class Keys:
     def probe(self, token: str) -> str:
         """The pub/sub channel a process checks its own subscription with."""
         return f"{self.prefix}probe:{token}"
+
+    def process(self, process_id: str) -> str:
+        """A process's last report: its figures but the channels."""
+        return f"{self.prefix}process:{process_id}"
+
+    def process_channels(self, process_id: str) -> str:
+        """A process's subscribers per channel, as it last reported them."""
+        return f"{self.prefix}process-channels:{process_id}"
 
 
 class HighWater:
@@ -137,6 +167,29 @@ def message_from_fields(epoch: str, seq: int, channel: str, fields: dict[str, st
         data=fields.get("d"), event=fields.get("e"), retry=int(retry) if retry is not None else None
     )
     return Message.of(event, epoch, seq, channel)
+
+
+# -- the cluster view's codec ---------------------------------------------------
+
+
+def report_fields(figures: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """A process's figures as a report stores them: the JSON of all but the
+    channels, and the channels as a flat field/value list for a hash (so that
+    one channel's count can be read without the whole report)."""
+    channels: Mapping[str, int] = figures.get("channels") or {}
+    body = json.dumps(
+        {key: value for key, value in figures.items() if key != "channels"},
+        separators=(",", ":"),
+        sort_keys=True,
+    )
+    return body, [item for name, count in channels.items() for item in (name, str(count))]
+
+
+def figures_from_report(body: bytes, channels: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """The inverse of :func:`report_fields`."""
+    figures: dict[str, Any] = json.loads(body)
+    figures["channels"] = {name.decode(): int(count) for name, count in channels.items()}
+    return figures
 
 
 # -- the scripts ---------------------------------------------------------------
@@ -233,6 +286,43 @@ end
 return result
 """
 )
+
+#: How many report intervals a report lives: a process that misses two
+#: reports in a row (a stalled Redis connection) is not dropped yet.
+REPORT_LIFETIMES = 3
+
+_PRUNE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+"""
+
+#: KEYS: the index of processes, the process's report, its channels.
+#: ARGV: the process id, the report's lifetime in ms, the report's JSON
+#: ('' to take the process out), then its channels' field/value pairs.
+#: Returns the ids of the live processes.
+REPORT = (
+    _PRUNE
+    + """
+redis.call('DEL', KEYS[3])
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+  -- a few hundred pairs per call: unpack has a bound on its results
+  for i = 4, #ARGV, 800 do
+    redis.call('HSET', KEYS[3], unpack(ARGV, i, math.min(i + 799, #ARGV)))
+  end
+  if #ARGV > 3 then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+)
+
+#: KEYS: the index of processes. Returns the ids of the live processes.
+LIVE_PROCESSES = _PRUNE + "return redis.call('ZRANGE', KEYS[1], 0, -1)\n"
 
 PUBLISH_SHA = hashlib.sha1(PUBLISH.encode()).hexdigest()
 SPUBLISH_SHA = hashlib.sha1(SPUBLISH.encode()).hexdigest()
