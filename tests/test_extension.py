@@ -59,6 +59,8 @@ def test_one_extension_serves_two_apps_with_separate_buses() -> None:
         ("SSE_HISTORY_SIZE", 0, "at least"),
         ("SSE_QUEUE_SIZE", True, "must be a number"),
         ("SSE_MAX_CONNECTIONS", -1, "at least"),
+        ("SSE_REPORT_INTERVAL", 0, "at least"),
+        ("SSE_REPORT_INTERVAL", "often", "must be a number"),
     ],
 )
 def test_invalid_settings_fail_at_init_app(key: str, value: object, message: str) -> None:
@@ -163,6 +165,7 @@ def test_stats_shape() -> None:
     assert set(figures) >= {
         "pid", "connections", "channels", "published", "delivered", "heartbeats",
         "resets", "slow", "refused", "connects", "disconnects", "shutting_down",
+        "id", "host", "app", "time", "uptime",
     }  # fmt: skip
 
 

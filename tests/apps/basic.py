@@ -95,6 +95,19 @@ def series():
     return jsonify(started=count)
 
 
+@app.get("/control/cluster")
+def cluster():
+    return jsonify(sse.cluster_stats())
+
+
+@app.get("/control/count")
+def count():
+    """``subscriber_count(channel)``, ``repeat`` times in a row (the last answer)."""
+    channel = request.args.get("channel", "default")
+    answers = [sse.subscriber_count(channel) for _ in range(int(request.args.get("repeat", 1)))]
+    return jsonify(count=answers[-1], distinct=sorted(set(answers)))
+
+
 @app.get("/control/stats")
 def stats():
     figures = sse.stats()

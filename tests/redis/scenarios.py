@@ -372,6 +372,64 @@ def fork(url: str) -> dict:
     }
 
 
+def report_fork(url: str) -> dict:
+    """A process that reports to the cluster view forks: the child must not
+    keep the parent's reporter (gevent carries greenlets over a fork), and
+    reports for itself once it serves; the parent goes on reporting."""
+    client = redis.Redis.from_url(url)
+    broker = RedisBroker(url)
+    reports = {"n": 0}
+
+    def parent_figures() -> dict:
+        reports["n"] += 1
+        return {"id": "parent", "pid": os.getpid(), "n": reports["n"], "channels": {}}
+
+    def reported(process_id: str) -> dict:
+        return json.loads(client.get(f"sse:process:{process_id}") or b"{}")
+
+    broker.presence().start(parent_figures, 0.05)
+    wait_until(lambda: reported("parent").get("n", 0) >= 2, 5, "the parent's reports")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            gevent.sleep(0.5)  # ten intervals: an inherited reporter would have written
+            broker.presence().start(
+                lambda: {"id": "child", "pid": os.getpid(), "channels": {}}, 0.05
+            )
+            wait_until(lambda: bool(reported("child")), 5, "the child's own report")
+            result = {"pid": os.getpid(), "own_report_pid": reported("child")["pid"]}
+            os.write(write, json.dumps(result).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    seen = []
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        assert time.monotonic() < deadline, "the child did not end within 20 s"
+        seen.append(reported("parent")["pid"])
+        gevent.sleep(0.01)
+    child = json.loads(os.read(read, 65536) or b"{}")
+    before = reported("parent")["n"]
+    wait_until(lambda: reported("parent")["n"] >= before + 2, 5, "the parent's next reports")
+    after = reported("parent")["n"]
+    broker.close()
+    return {
+        "child_status": status,
+        "child": child,
+        "parent_pid": os.getpid(),
+        "seen_during_child": sorted(set(seen)),
+        "parent_reports_before": before,
+        "parent_reports_after": after,
+    }
+
+
 SCENARIOS: dict[str, Callable[..., dict]] = {
     "seam": seam,
     "publish": publish,
@@ -380,6 +438,7 @@ SCENARIOS: dict[str, Callable[..., dict]] = {
     "rollback": rollback,
     "down": down,
     "fork": fork,
+    "report_fork": report_fork,
 }
 
 if __name__ == "__main__":

@@ -200,10 +200,10 @@ def test_redis_connections_per_worker_do_not_grow_with_clients(
     connect(490)
     probe(2)
     large = serving_workers(redis_url)
-    # Each serving worker: one pub/sub and one control connection, whatever
-    # its number of streams and channels.
-    assert set(small.values()) == {2}, small
-    assert set(large.values()) == {2}, large
+    # Each serving worker: one pub/sub, one control and one report connection,
+    # whatever its number of streams and channels.
+    assert set(small.values()) == {3}, small
+    assert set(large.values()) == {3}, large
     assert len(large) >= 1
     subscribed = redis.Redis.from_url(redis_url).pubsub_numsub(*[f"sse:live:{c}" for c in channels])
     assert all(1 <= count <= 2 for _, count in subscribed)  # one per worker at most
