@@ -27,7 +27,7 @@ import redis
 
 from flask_sse_keepalive.brokers import BrokerUnavailable
 from flask_sse_keepalive.brokers.redis import RedisBroker
-from tests.conftest import ROOT, Server, server_environ
+from tests.conftest import ROOT, Server, free_port, server_environ
 
 from .clients import Client, Fleet
 from .conftest import app_env, run_scenario
@@ -299,6 +299,14 @@ def test_a_worker_that_stops_takes_its_report_out_at_once(
         assert redis.Redis.from_url(redis_url).keys("sse:process*") == []
     finally:
         reader.close()
+
+
+def test_cli_stats_all_says_when_redis_cannot_be_read() -> None:
+    env = app_env(f"redis://127.0.0.1:{free_port()}/0")
+    done = flask_sse("stats", "--all", env=env)
+    assert done.returncode == 1
+    assert "broker unavailable: Redis is unreachable" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # -- the reporter on its own -----------------------------------------------------
