@@ -21,7 +21,7 @@ from ..parser import ClientEvent
 from .aio import AsyncSSEClient
 from .backoff import Backoff
 from .errors import StreamError, StreamRefused, StreamUnavailable
-from .session import ClientStats, Closed, CloseReason, ConnectionState, Opened, Reconnect
+from .hooks import ClientStats, Closed, CloseReason, ConnectionState, Opened, Reconnect
 from .sync import SSEClient
 
 __all__ = [

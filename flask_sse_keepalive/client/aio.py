@@ -21,7 +21,8 @@ from anyio.abc import TaskGroup
 from ..parser import ClientEvent
 from .backoff import Backoff
 from .handover import CHANNEL_SIZE, OUTCOMES, Chunk, End, Head, Item, Sleep, Wait, deadline
-from .session import REASON_BYTES, Closed, Opened, Params, Reconnect, Session, classify
+from .hooks import Closed, Opened, Reconnect
+from .session import REASON_BYTES, Params, Session, classify
 
 
 class _Reader:

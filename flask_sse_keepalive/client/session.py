@@ -16,7 +16,6 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Generic, Literal, TypeAlias, TypeVar, overload
 
 import httpx
@@ -25,20 +24,10 @@ from ..parser import ClientEvent, Comment, EventStreamParser, Parsed, Retry
 from .backoff import HEALTHY_AFTER, Backoff, parse_retry_after
 from .errors import StreamRefused, StreamUnavailable
 from .handover import Chunk, Head, Item, Sleep, Step, Wait, earliest
+from .hooks import ClientStats, Closed, CloseReason, ConnectionState, Opened, Reconnect
 
 log = logging.getLogger("flask_sse_keepalive.client")
 
-#: ``connecting`` (the first attempt), ``open``, ``reconnecting``, ``closed``.
-ConnectionState: TypeAlias = Literal["connecting", "open", "reconnecting", "closed"]
-#: Why a connection (or an attempt) ended:
-#: ``eof`` the server ended the response; ``shutdown`` it did so after saying
-#: ``: shutdown`` (a worker stopping); ``network`` a connection error;
-#: ``timeout`` no stream within ``timeout``; ``watchdog`` silence for
-#: ``watchdog_factor`` heartbeat intervals; ``http`` a "try later" status;
-#: ``closed`` :meth:`close` was called.
-CloseReason: TypeAlias = Literal[
-    "eof", "shutdown", "network", "timeout", "watchdog", "http", "closed"
-]
 ResponseKind: TypeAlias = Literal["stream", "retry", "refuse"]
 
 #: The comments of a flask-sse-keepalive server that the client acts on.
@@ -66,72 +55,6 @@ def classify(status: int, content_type: str | None) -> ResponseKind:
     if status in RETRY_STATUSES or 500 <= status <= 599:
         return "retry"
     return "refuse"
-
-
-@dataclass(frozen=True)
-class Opened:
-    """``on_open``: a stream was opened.
-
-    :ivar url: the URL requested, with its query.
-    :ivar status: always ``200``.
-    :ivar headers: the response headers.
-    :ivar last_event_id: the resume point sent (``""``: none).
-    """
-
-    url: str
-    status: int
-    headers: httpx.Headers
-    last_event_id: str
-
-
-@dataclass(frozen=True)
-class Closed:
-    """``on_close``: an open stream ended.
-
-    :ivar reason: a :data:`CloseReason`.
-    :ivar lived: seconds the stream was open.
-    :ivar error: the exception that ended it, if any.
-    """
-
-    reason: CloseReason
-    lived: float
-    error: BaseException | None
-
-
-@dataclass(frozen=True)
-class Reconnect:
-    """``on_reconnect``: the next attempt is scheduled.
-
-    :ivar delay: seconds until it starts.
-    :ivar attempt: its number in a row of failures (1 after a healthy stream).
-    :ivar reason: why the last attempt or stream ended (a :data:`CloseReason`).
-    :ivar status: the HTTP status, for ``reason == "http"``.
-    :ivar retry_after: the server's ``Retry-After`` in seconds, if it sent one.
-    :ivar error: the exception that ended the last attempt, if any.
-    """
-
-    delay: float
-    attempt: int
-    reason: CloseReason
-    status: int | None
-    retry_after: float | None
-    error: BaseException | None
-
-
-@dataclass
-class ClientStats:
-    """Counters since the client was made."""
-
-    #: streams opened
-    connects: int = 0
-    #: attempts after the first
-    reconnects: int = 0
-    #: events received (``stream-reset`` included)
-    events: int = 0
-    #: ``stream-reset`` events received
-    resets: int = 0
-    #: ``: heartbeat`` comments received
-    heartbeats: int = 0
 
 
 class Session(Generic[HttpClient]):

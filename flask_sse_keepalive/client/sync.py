@@ -24,7 +24,8 @@ import httpx
 from ..parser import ClientEvent
 from .backoff import Backoff
 from .handover import CHANNEL_SIZE, OUTCOMES, Chunk, End, Head, Item, Sleep, Wait, deadline
-from .session import REASON_BYTES, Closed, Opened, Params, Reconnect, Session, classify
+from .hooks import Closed, Opened, Reconnect
+from .session import REASON_BYTES, Params, Session, classify
 
 
 class _Channel:
