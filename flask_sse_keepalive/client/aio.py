@@ -173,14 +173,13 @@ class AsyncSSEClient(Session[httpx.AsyncClient]):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
-        task_group = self._task_group
+        task_group, self._task_group = self._task_group, None
         try:
             await self.aclose()
         finally:
-            if task_group is not None:
-                # Waits for the (stopped) reader tasks.
-                suppress = await task_group.__aexit__(exc_type, exc, traceback)
-        return suppress if task_group is not None else None
+            # Waits for the reader tasks, all stopped by now.
+            suppress = await task_group.__aexit__(exc_type, exc, traceback) if task_group else None
+        return suppress
 
     def __aiter__(self) -> AsyncSSEClient:
         return self
@@ -269,15 +268,19 @@ class AsyncSSEClient(Session[httpx.AsyncClient]):
             return reader.receive.receive_nowait()
         except anyio.WouldBlock:
             pass
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            return None
+        except anyio.EndOfStream:
+            return End(None)  # the reader task was cancelled before it could say so
+        except anyio.ClosedResourceError:
+            return None  # stopped
         if timeout is not None and timeout <= 0:
             return None
         with anyio.move_on_after(timeout) as scope:
             self._wait_scope = scope
             try:
                 return await reader.receive.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
+            except anyio.EndOfStream:
+                return End(None)
+            except anyio.ClosedResourceError:
                 return None
             finally:
                 self._wait_scope = None

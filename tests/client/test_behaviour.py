@@ -341,7 +341,7 @@ def test_close_from_another_thread_ends_iteration_promptly(
         if phase == "reading":
             connection.stream(b"data: a\n\n")
         elif phase == "backoff":
-            connection.respond(500)
+            connection.respond(503, b"", {"Retry-After": "30"})  # 30 s at least
             return
         park(connection, 20)
 
@@ -354,7 +354,7 @@ def test_close_from_another_thread_ends_iteration_promptly(
     iterating.start()
     wait_until(server.requests, 5, "the request")
     if phase == "backoff":
-        wait_until(handle.hooks.reconnects, 5, "the reconnect scheduled in 0-30 s")
+        wait_until(handle.hooks.reconnects, 5, "the reconnect scheduled in 30-36 s")
     time.sleep(0.2)
     closed_at = time.monotonic()
     handle.close()  # from this thread, while the other one waits
@@ -416,3 +416,21 @@ def test_a_callers_httpx_client_is_used_and_left_open(
         own.close()
     else:
         handle.portal.call(own.aclose)  # type: ignore[attr-defined]
+
+
+def test_the_async_client_is_iterated_inside_async_with(scripted: Scripted) -> None:
+    import anyio
+
+    from flask_sse_keepalive.client import AsyncSSEClient
+
+    server = scripted(lambda c: (c.read_request(), c.stream(), park(c)))
+
+    async def outside() -> None:
+        client = AsyncSSEClient(server.url)
+        with pytest.raises(RuntimeError, match="async with"):
+            await client.receive(1)
+        assert client.state == "closed"
+        await client.aclose()
+
+    anyio.run(outside)
+    assert server.requests() == []

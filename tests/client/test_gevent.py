@@ -38,7 +38,8 @@ print(json.dumps({"data": data, "last": last, "waited": waited, "state": client.
 def test_the_blocking_client_in_a_gevent_patched_process(
     gunicorn: Callable[..., Server],
 ) -> None:
-    server = gunicorn(APP, env={"SSE_HEARTBEAT_INTERVAL": "0.5"})
+    # A long interval: only close() can end the wait for the next event.
+    server = gunicorn(APP, env={"SSE_HEARTBEAT_INTERVAL": "30"})
     proc = subprocess.run(
         [sys.executable, "-W", "error", "-c", IN_GEVENT, server.url],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
