@@ -419,7 +419,7 @@ def test_a_callers_httpx_client_is_used_and_left_open(
 
 
 def test_the_async_client_is_iterated_inside_async_with(scripted: Scripted) -> None:
-    import anyio
+    from anyio.from_thread import start_blocking_portal
 
     from flask_sse_keepalive.client import AsyncSSEClient
 
@@ -432,5 +432,6 @@ def test_the_async_client_is_iterated_inside_async_with(scripted: Scripted) -> N
         assert client.state == "closed"
         await client.aclose()
 
-    anyio.run(outside)
+    with start_blocking_portal() as portal:  # a loop of its own, whatever runs in this thread
+        portal.call(outside)
     assert server.requests() == []
