@@ -71,6 +71,31 @@ def wait_for_port(
     raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout} s")
 
 
+def wait_for_http(
+    port: int, timeout: float, what: str, proc: subprocess.Popen | None = None
+) -> None:
+    """Wait until a server on ``port`` answers an HTTP request (any status).
+
+    A listening port is not enough: gunicorn's master listens before its
+    workers have booted, and a worker that boots slowly on a loaded machine
+    may be replaced, dropping what was queued for it.
+    """
+    deadline = time.monotonic() + timeout
+    wait_for_port(port, timeout, what, proc)
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.sendall(b"GET /.well-known/ready HTTP/1.0\r\nHost: x\r\n\r\n")
+                if sock.recv(16).startswith(b"HTTP/"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not answer HTTP on 127.0.0.1:{port} within {timeout} s")
+
+
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
     if proc.poll() is not None:
         return
@@ -145,7 +170,7 @@ def gunicorn(tmp_path: Path) -> Iterator:
         server = Server(proc, port, log_path)
         started.append(server)
         try:
-            wait_for_port(port, timeout, f"gunicorn {app}", proc)
+            wait_for_http(port, timeout, f"gunicorn {app}", proc)
         except Exception:
             server.stop(signal.SIGKILL)
             raise RuntimeError(f"gunicorn did not start:\n{server.log()}") from None
