@@ -22,6 +22,9 @@ from typing import Any
 
 __all__ = [
     "CHANNEL_RULE",
+    "HEARTBEAT_COMMENT",
+    "INTERVAL_COMMENT",
+    "SUBSCRIBED_COMMENT",
     "Event",
     "channel_problem",
     "check_channel",
@@ -32,6 +35,14 @@ __all__ = [
 #: What a channel name may be: 1 to 128 of ``A-Z a-z 0-9 _ - . : @``.
 CHANNEL_RULE = "1-128 characters from A-Z a-z 0-9 _ - . : @"
 _CHANNEL_NAME = re.compile(r"[A-Za-z0-9_\-.:@]{1,128}")
+
+# The comments a flask-sse-keepalive server speaks in (clients react to them).
+#: Written after a silence of the stream's heartbeat interval.
+HEARTBEAT_COMMENT = "heartbeat"
+#: In the first bytes: ``INTERVAL_COMMENT + "15"`` announces the interval kept.
+INTERVAL_COMMENT = "sse-keepalive heartbeat-interval="
+#: Once the stream is subscribed (and any replay or reset delivered).
+SUBSCRIBED_COMMENT = "sse-keepalive subscribed"
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\x00]")

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .event import Event
+from .event import HEARTBEAT_COMMENT, SUBSCRIBED_COMMENT, Event, encode_comment
 from .server import bound_dead_peer, gevent_patched
 
 if TYPE_CHECKING:
@@ -59,12 +59,12 @@ ABORT_REASONS: frozenset[CloseReason] = frozenset({"client", "slow", "error", "t
 #: back at once, to a live worker, without all coming back together.
 FAREWELL_REASONS: frozenset[CloseReason] = frozenset({"shutdown", "lifetime"})
 
-HEARTBEAT = b": heartbeat\n\n"
+HEARTBEAT = encode_comment(HEARTBEAT_COMMENT)
 #: Written once the broker has positioned the stream (after any replay or
 #: ``stream-reset``): from then on every published event reaches it. With the
 #: memory broker it is part of the first bytes; with Redis it follows once
 #: Redis has confirmed the subscription. Tests wait for it.
-SUBSCRIBED = b": sse-keepalive subscribed\n\n"
+SUBSCRIBED = encode_comment(SUBSCRIBED_COMMENT)
 
 _ids = itertools.count(1)
 

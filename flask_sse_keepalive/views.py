@@ -19,7 +19,7 @@ from flask import Blueprint, Response, current_app, request
 
 from . import server
 from .direct import DirectConnection
-from .event import channel_problem
+from .event import INTERVAL_COMMENT, channel_problem
 from .stream import Connection
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ def first_bytes(state: AppState, heartbeat_interval: float) -> bytes:
     """``retry`` and the interval this stream's heartbeats will keep."""
     retry_ms = state.settings.retry_ms
     interval = f"{heartbeat_interval:g}"
-    return f"retry: {retry_ms}\n: sse-keepalive heartbeat-interval={interval}\n\n".encode()
+    return f"retry: {retry_ms}\n: {INTERVAL_COMMENT}{interval}\n\n".encode()
 
 
 def server_problem(state: AppState) -> Response | None:

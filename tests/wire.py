@@ -1,8 +1,4 @@
-"""Test code: a WHATWG event-stream parser and a raw-socket SSE client.
-
-The parser is written from the HTML standard's "Parsing an event stream" and
-"Interpreting an event stream" sections, independently of the package's
-encoder, so that round-trip tests compare two implementations.
+"""Test code: a raw-socket SSE client, and what it reads with the package's parser.
 
 The client tells how a response ended (:attr:`RawStream.end`): ``"complete"``
 (the last chunk of a chunked body, all of a ``Content-Length`` body, or the
@@ -17,7 +13,9 @@ import json
 import re
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from flask_sse_keepalive.parser import ClientEvent, Comment, EventStreamParser, Retry
 
 
 @dataclass
@@ -27,91 +25,29 @@ class Dispatched:
     last_event_id: str
 
 
-@dataclass
 class Parser:
-    """Feed bytes; collects dispatched events, comments and ``retry`` values."""
+    """What a stream dispatches, as the package's parser
+    (:mod:`flask_sse_keepalive.parser`, the one Python parser of the project)
+    reads it: events, comments and ``retry`` values, collected in lists."""
 
-    events: list[Dispatched] = field(default_factory=list)
-    comments: list[str] = field(default_factory=list)
-    retries: list[int] = field(default_factory=list)
-    last_event_id: str = ""
-    _buffer: str = ""
-    _data: str = ""
-    _type: str = ""
-    _decoder_started: bool = False
-    _pending_cr: bool = False
-    _raw: bytes = b""
+    def __init__(self) -> None:
+        self.events: list[Dispatched] = []
+        self.comments: list[str] = []
+        self.retries: list[int] = []
+        self._parser = EventStreamParser()
+
+    @property
+    def last_event_id(self) -> str:
+        return self._parser.last_event_id
 
     def feed(self, chunk: bytes) -> None:
-        self._raw += chunk
-        # Decode complete UTF-8 sequences only (a chunk may end mid-character).
-        try:
-            text = self._raw.decode("utf-8")
-            self._raw = b""
-        except UnicodeDecodeError as exc:
-            text = self._raw[: exc.start].decode("utf-8")
-            self._raw = self._raw[exc.start :]
-        if not self._decoder_started and text:
-            self._decoder_started = True
-            if text.startswith("\ufeff"):
-                text = text[1:]
-        self._buffer += text
-        self._split_lines()
-
-    def _split_lines(self) -> None:
-        buf = self._buffer
-        start = 0
-        i = 0
-        while i < len(buf):
-            ch = buf[i]
-            if self._pending_cr:
-                self._pending_cr = False
-                if ch == "\n" and i == start:
-                    start = i + 1
-                    i += 1
-                    continue
-            if ch == "\r":
-                self._line(buf[start:i])
-                if i + 1 < len(buf):
-                    if buf[i + 1] == "\n":
-                        i += 1
-                else:
-                    self._pending_cr = True
-                start = i + 1
-            elif ch == "\n":
-                self._line(buf[start:i])
-                start = i + 1
-            i += 1
-        self._buffer = buf[start:]
-
-    def _line(self, line: str) -> None:
-        if line == "":
-            self._dispatch()
-            return
-        if line.startswith(":"):
-            self.comments.append(line[1:].removeprefix(" "))
-            return
-        name, colon, value = line.partition(":")
-        if colon:
-            value = value.removeprefix(" ")
-        if name == "event":
-            self._type = value
-        elif name == "data":
-            self._data += value + "\n"
-        elif name == "id":
-            if "\x00" not in value:
-                self.last_event_id = value
-        elif name == "retry" and value and all("0" <= c <= "9" for c in value):
-            self.retries.append(int(value))
-
-    def _dispatch(self) -> None:
-        if self._data == "":
-            self._type = ""
-            return
-        data = self._data[:-1] if self._data.endswith("\n") else self._data
-        self.events.append(Dispatched(self._type or "message", data, self.last_event_id))
-        self._data = ""
-        self._type = ""
+        for item in self._parser.feed(chunk):
+            if isinstance(item, ClientEvent):
+                self.events.append(Dispatched(item.event, item.data, item.id))
+            elif isinstance(item, Comment):
+                self.comments.append(item.text)
+            elif isinstance(item, Retry):
+                self.retries.append(item.milliseconds)
 
 
 class FramingError(ValueError):

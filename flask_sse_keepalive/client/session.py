@@ -20,6 +20,7 @@ from typing import Generic, Literal, TypeAlias, TypeVar, overload
 
 import httpx
 
+from ..event import HEARTBEAT_COMMENT, INTERVAL_COMMENT, SUBSCRIBED_COMMENT
 from ..parser import ClientEvent, Comment, EventStreamParser, Parsed, Retry
 from .backoff import HEALTHY_AFTER, Backoff, parse_retry_after
 from .errors import StreamRefused, StreamUnavailable
@@ -31,10 +32,8 @@ log = logging.getLogger("flask_sse_keepalive.client")
 ResponseKind: TypeAlias = Literal["stream", "retry", "refuse"]
 
 #: The comments of a flask-sse-keepalive server that the client acts on.
-HEARTBEAT_COMMENT = "heartbeat"
-SUBSCRIBED_COMMENT = "sse-keepalive subscribed"
 SHUTDOWN_COMMENT = "shutdown"
-_INTERVAL_COMMENT = re.compile(r"sse-keepalive heartbeat-interval=(\S+)")
+_INTERVAL_COMMENT = re.compile(re.escape(INTERVAL_COMMENT) + r"(\S+)")
 
 #: Statuses retried besides ``5xx``: they say "later", not "no".
 RETRY_STATUSES = frozenset({408, 425, 429})
