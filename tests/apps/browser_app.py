@@ -30,10 +30,19 @@ sse = SSE(app)
 #: status and Retry-After
 _requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
 
+#: ``/?build=module`` loads the ES module (which defines no global: the page
+#: exposes what it imported), anything else the classic script.
 PAGE = """<!doctype html>
 <meta charset="utf-8">
 <title>client test page</title>
+{% if module %}
+<script type="module">
+  import SSEKeepalive from "{{ url_for('sse.static', filename='sse-keepalive.mjs') }}";
+  window.SSEKeepalive = SSEKeepalive;
+</script>
+{% else %}
 <script src="{{ url_for('sse.static', filename='sse-keepalive.js') }}"></script>
+{% endif %}
 <p>client test page</p>
 """
 
@@ -45,7 +54,7 @@ def _authorize(channel: str) -> bool:
 
 @app.get("/")
 def page() -> str:
-    return render_template_string(PAGE)
+    return render_template_string(PAGE, module=request.args.get("build") == "module")
 
 
 @app.post("/control/publish")

@@ -29,6 +29,9 @@ CHROMIUM_ARGS = [
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_JS = ROOT / "flask_sse_keepalive" / "static" / "sse-keepalive.js"
 CLIENT_MJS = ROOT / "flask_sse_keepalive" / "static" / "sse-keepalive.mjs"
+#: The two ways a page loads the client: the classic script (generated) and
+#: the ES module (the source). Client tests run against both.
+BUILDS = ("script", "module")
 
 
 def _unavailable(reason: str) -> None:
@@ -74,13 +77,39 @@ def page(context: Any) -> Iterator[Any]:
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-PAGE_WITH_CLIENT = '<!doctype html><title>t</title><script src="/sse-keepalive.js"></script>'
+@pytest.fixture(params=BUILDS)
+def build(request: Any) -> str:
+    """``"script"`` or ``"module"``: how the test's page loads the client."""
+    return str(request.param)
 
 
-def serve_client(route: Any, path: str) -> bool:
-    """Answer ``path`` of :data:`FAKE_ORIGIN` if it is the page or the client; else ``False``."""
+def client_tag(build: str, directory: str = "") -> str:
+    """The HTML that loads the client from ``directory``, as ``window.SSEKeepalive``.
+
+    The module defines no global: the page's own module code exposes what it
+    imported, so that tests address both builds alike.
+    """
+    if build == "script":
+        return f'<script src="{directory}/sse-keepalive.js"></script>'
+    return (
+        f'<script type="module">import SSEKeepalive from "{directory}/sse-keepalive.mjs";'
+        " window.SSEKeepalive = SSEKeepalive;</script>"
+    )
+
+
+def page_with_client(build: str) -> str:
+    return f"<!doctype html><title>t</title>{client_tag(build)}"
+
+
+def serve_client(route: Any, path: str, build: str = "script") -> bool:
+    """Answer ``path`` of :data:`FAKE_ORIGIN` if it is the page or the client; else ``False``.
+
+    ``/`` loads the client as ``build`` says; ``/blank`` is a page without it.
+    """
     if path == "/":
-        route.fulfill(status=200, content_type="text/html", body=PAGE_WITH_CLIENT)
+        route.fulfill(status=200, content_type="text/html", body=page_with_client(build))
+    elif path == "/blank":
+        route.fulfill(status=200, content_type="text/html", body="<!doctype html><title>t</title>")
     elif path in ("/sse-keepalive.js", "/sse-keepalive.mjs"):
         source = CLIENT_JS if path.endswith(".js") else CLIENT_MJS
         route.fulfill(status=200, content_type="text/javascript", body=source.read_bytes())
@@ -94,9 +123,10 @@ def fake_origin_path(route: Any) -> str:
 
 
 @pytest.fixture
-def foreign_page(page: Any) -> Any:
-    """A page at :data:`FAKE_ORIGIN` with the client loaded: every server the
-    test starts is another origin to it (same host, another port).
+def foreign_page(page: Any, build: str) -> Any:
+    """A page at :data:`FAKE_ORIGIN` with the client loaded (as ``build``
+    says): every server the test starts is another origin to it (same host,
+    another port).
 
     Chromium takes a page that ``page.route`` served for a public one, and
     asks before it lets a public page reach a loopback address (Local Network
@@ -105,7 +135,7 @@ def foreign_page(page: Any) -> Any:
     page.context.grant_permissions(["local-network-access"], origin=FAKE_ORIGIN)
 
     def handle(route: Any) -> None:
-        if not serve_client(route, fake_origin_path(route)):
+        if not serve_client(route, fake_origin_path(route), build):
             route.fulfill(status=404, content_type="text/plain", body="not found")
 
     page.route(f"{FAKE_ORIGIN}/**", handle)
@@ -118,15 +148,18 @@ class StaticSite:
     """A page at :data:`FAKE_ORIGIN` with the client loaded, served by ``page.route``."""
 
     page: Any
+    #: how the page loaded the client
+    build: str
     #: path -> bytes answered as ``text/event-stream``
     bodies: dict[str, bytes] = field(default_factory=dict)
     #: every request the page made: path, url, headers
     requests: list[dict[str, Any]] = field(default_factory=list)
 
 
-@pytest.fixture(scope="module")
-def static_site(browser: Any) -> Iterator[StaticSite]:
-    """The client in a page whose every request is answered in-process (no server).
+@pytest.fixture(scope="module", params=BUILDS)
+def static_site(browser: Any, request: Any) -> Iterator[StaticSite]:
+    """The client in a page whose every request is answered in-process (no
+    server), once per build.
 
     Shared by the tests of a module (pages are cheap to use, slower to make);
     tests use distinct body paths.
@@ -136,13 +169,13 @@ def static_site(browser: Any) -> Iterator[StaticSite]:
     page = ctx.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    site = StaticSite(page)
+    site = StaticSite(page, request.param)
 
     def handle(route: Any) -> None:
-        request = route.request
+        sent = route.request
         path = fake_origin_path(route)
-        site.requests.append({"path": path, "headers": request.headers, "url": request.url})
-        if serve_client(route, path):
+        site.requests.append({"path": path, "headers": sent.headers, "url": sent.url})
+        if serve_client(route, path, site.build):
             return
         if path in site.bodies:
             route.fulfill(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,3 +70,60 @@ window.track = (client, types = ["message"]) => {
   return log;
 };
 }"""
+
+
+#: The test app for the client: the real stream route and misbehaving ones.
+APP = "tests.apps.browser_app:app"
+
+
+def track_client(
+    page: Any, url: str, options: dict[str, Any] | None = None, types: Any = None
+) -> None:
+    """Start ``window.client`` on ``url`` in the page as it is, tracked in ``window.log``."""
+    page.evaluate(TRACK_JS)
+    page.evaluate(
+        """([url, options, types]) => {
+          window.client = new SSEKeepalive(url, options);
+          window.log = track(window.client, types);
+        }""",
+        [url, options or {}, types or ["message"]],
+    )
+
+
+def open_page(page: Any, server: Any, build: str) -> None:
+    """Open the test app's page, with the client loaded as ``build`` says."""
+    page.goto(f"{server.url}/?build={build}")
+
+
+def start_client(
+    page: Any,
+    server: Any,
+    build: str,
+    path: str,
+    options: dict[str, Any] | None = None,
+    types: Any = None,
+) -> None:
+    """Open the test page and start ``window.client`` on ``path``, tracked in ``window.log``."""
+    open_page(page, server, build)
+    track_client(page, path, options, types)
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def requests_seen(server: Any, key: str) -> list[dict[str, Any]]:
+    """What the test app recorded of the requests made with ``?key=``."""
+    return list(get_json(f"{server.url}/control/requests?key={key}"))
+
+
+def publish(
+    server: Any, items: list[Any], channel: str = "default", event: str | None = None
+) -> list[str]:
+    body = json.dumps({"items": items, "channel": channel, "event": event}).encode()
+    request = urllib.request.Request(
+        server.url + "/control/publish", body, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return list(json.load(response)["ids"])

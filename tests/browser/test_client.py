@@ -5,66 +5,31 @@ persistence."""
 
 from __future__ import annotations
 
-import json
 import socket
 import time
-import urllib.request
 from typing import Any
 
 from tests.wire import RawStream
 
-from .helpers import FAKE_ORIGIN, TRACK_JS, wait_in_page, wait_until
-
-APP = "tests.apps.browser_app:app"
-
-
-def track_client(
-    page: Any, url: str, options: dict[str, Any] | None = None, types: Any = None
-) -> None:
-    """Start ``window.client`` on ``url`` in the page as it is, tracked in ``window.log``."""
-    page.evaluate(TRACK_JS)
-    page.evaluate(
-        """([url, options, types]) => {
-          window.client = new SSEKeepalive(url, options);
-          window.log = track(window.client, types);
-        }""",
-        [url, options or {}, types or ["message"]],
-    )
+from .helpers import (
+    APP,
+    FAKE_ORIGIN,
+    TRACK_JS,
+    get_json,
+    open_page,
+    publish,
+    requests_seen,
+    start_client,
+    track_client,
+    wait_in_page,
+    wait_until,
+)
 
 
-def start_client(
-    page: Any, server: Any, path: str, options: dict[str, Any] | None = None, types: Any = None
-) -> None:
-    """Open the test page and start ``window.client`` on ``path``, tracked in ``window.log``."""
-    page.goto(server.url + "/")
-    track_client(page, path, options, types)
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
-
-
-def requests_seen(server: Any, key: str) -> list[dict[str, Any]]:
-    """What the test app recorded of the requests made with ``?key=``."""
-    return list(get_json(f"{server.url}/control/requests?key={key}"))
-
-
-def publish(
-    server: Any, items: list[Any], channel: str = "default", event: str | None = None
-) -> list[str]:
-    body = json.dumps({"items": items, "channel": channel, "event": event}).encode()
-    request = urllib.request.Request(
-        server.url + "/control/publish", body, {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return list(json.load(response)["ids"])
-
-
-def test_watchdog_reconnects_a_silent_connection(page: Any, gunicorn: Any) -> None:
+def test_watchdog_reconnects_a_silent_connection(page: Any, gunicorn: Any, build: str) -> None:
     server = gunicorn(APP)
     # The route announces a 0.4 s heartbeat interval, sends one event, then nothing.
-    start_client(page, server, "/raw/stall?key=w&interval=0.4")
+    start_client(page, server, build, "/raw/stall?key=w&interval=0.4")
     seen = wait_until(
         lambda: len(requests_seen(server, "w")) >= 2 and requests_seen(server, "w"),
         timeout=10,
@@ -85,10 +50,10 @@ def test_watchdog_reconnects_a_silent_connection(page: Any, gunicorn: Any) -> No
     assert [event["data"] for event in log["events"]][:2] == ["1", "2"]
 
 
-def test_retry_after_is_honoured_on_503(page: Any, gunicorn: Any) -> None:
+def test_retry_after_is_honoured_on_503(page: Any, gunicorn: Any, build: str) -> None:
     server = gunicorn(APP)
     # A 100 ms retry would bring the client back at once if it ignored Retry-After.
-    start_client(page, server, "/raw/status/503?key=r&retry_after=2", {"retry": 100})
+    start_client(page, server, build, "/raw/status/503?key=r&retry_after=2", {"retry": 100})
     wait_in_page(page, "client.readyState === 1", 15, "the client to connect after the 503")
     log = page.evaluate("log")
     refused = log["errors"][0]
@@ -113,9 +78,9 @@ REFUSALS = [
 RETRY_WOULD_HAVE_COME = 0.6
 
 
-def test_refusals_stop_the_client(page: Any, gunicorn: Any) -> None:
+def test_refusals_stop_the_client(page: Any, gunicorn: Any, build: str) -> None:
     server = gunicorn(APP)
-    page.goto(server.url + "/")
+    open_page(page, server, build)
     page.evaluate(TRACK_JS)
     # One client per refusal, side by side in one page: none is navigated
     # away, so a retry of any of them would reach the server.
@@ -174,11 +139,11 @@ def wait_through_retry_after(page: Any, server: Any, key: str, holder: RawStream
         assert retry_after - 0.05 <= waited <= retry_after * 1.2 + 3, (waited, refused)
 
 
-def test_retry_after_of_the_stream_route_is_honoured(page: Any, gunicorn: Any) -> None:
+def test_retry_after_of_the_stream_route_is_honoured(page: Any, gunicorn: Any, build: str) -> None:
     server = gunicorn(APP, env={"SSE_MAX_CONNECTIONS": "1"})
     holder = hold_the_only_slot(server)
     # A 100 ms retry would bring the client back at once if it ignored Retry-After.
-    start_client(page, server, "/stream?channel=busy&key=busy", {"retry": 100})
+    start_client(page, server, build, "/stream?channel=busy&key=busy", {"retry": 100})
     wait_through_retry_after(page, server, "busy", holder)
 
 
@@ -205,7 +170,9 @@ def test_another_origin_reads_retry_after(foreign_page: Any, gunicorn: Any) -> N
     assert {r["origin"] for r in requests_seen(server, "x503")} == {FAKE_ORIGIN}
 
 
-def test_first_connect_resumes_from_the_last_event_id_option(page: Any, gunicorn: Any) -> None:
+def test_first_connect_resumes_from_the_last_event_id_option(
+    page: Any, gunicorn: Any, build: str
+) -> None:
     server = gunicorn(APP)
     ids = publish(server, ["one", "two", "three"], channel="r")
     headers: list[str | None] = []
@@ -213,11 +180,11 @@ def test_first_connect_resumes_from_the_last_event_id_option(page: Any, gunicorn
         "request",
         lambda request: (
             headers.append(request.headers.get("last-event-id"))
-            if "/stream" in request.url and not request.url.endswith(".js")
+            if "/stream" in request.url and "/stream/static/" not in request.url
             else None
         ),
     )
-    start_client(page, server, "/stream?channel=r", {"lastEventId": ids[0]})
+    start_client(page, server, build, "/stream?channel=r", {"lastEventId": ids[0]})
     wait_in_page(page, "log.events.length >= 2", 10, "the replay of two events")
     publish(server, ["four"], channel="r")
     wait_in_page(page, "log.events.length >= 3", 10, "a live event after the replay")
@@ -227,10 +194,10 @@ def test_first_connect_resumes_from_the_last_event_id_option(page: Any, gunicorn
     assert page.evaluate("client.lastEventId") == events[-1]["id"]
 
 
-def test_stream_reset_reaches_the_page(page: Any, gunicorn: Any) -> None:
+def test_stream_reset_reaches_the_page(page: Any, gunicorn: Any, build: str) -> None:
     server = gunicorn(APP)
     ids = publish(server, ["before"], channel="x")
-    page.goto(server.url + "/")
+    open_page(page, server, build)
     page.evaluate(TRACK_JS)
     page.evaluate(
         """() => {
@@ -255,15 +222,15 @@ def test_stream_reset_reaches_the_page(page: Any, gunicorn: Any) -> None:
     assert page.evaluate("client.stats.resets") == 1
 
 
-def test_persisted_id_resumes_after_a_reload(page: Any, gunicorn: Any) -> None:
+def test_persisted_id_resumes_after_a_reload(page: Any, gunicorn: Any, build: str) -> None:
     server = gunicorn(APP)
-    start_client(page, server, "/stream?channel=p", {"persist": True})
+    start_client(page, server, build, "/stream?channel=p", {"persist": True})
     wait_in_page(page, "client.readyState === 1", 10, "the first connection")
     publish(server, ["seen"], channel="p")
     wait_in_page(page, "log.events.length === 1", 10, "the first event")
     page.goto("about:blank")  # the page (and its stream) goes away
     publish(server, ["missed-1", "missed-2"], channel="p")
-    page.goto(server.url + "/")  # same tab: same sessionStorage
+    open_page(page, server, build)  # same tab: same sessionStorage
     page.evaluate(TRACK_JS)
     page.evaluate(
         """() => {
@@ -275,7 +242,9 @@ def test_persisted_id_resumes_after_a_reload(page: Any, gunicorn: Any) -> None:
     assert [event["data"] for event in page.evaluate("log.events")] == ["missed-1", "missed-2"]
 
 
-def test_heartbeats_and_resume_across_server_ended_streams(page: Any, gunicorn: Any) -> None:
+def test_heartbeats_and_resume_across_server_ended_streams(
+    page: Any, gunicorn: Any, build: str
+) -> None:
     server = gunicorn(
         APP,
         env={
@@ -285,7 +254,7 @@ def test_heartbeats_and_resume_across_server_ended_streams(page: Any, gunicorn: 
             "SSE_MAX_STREAM_SECONDS": "1",
         },
     )
-    start_client(page, server, "/stream?channel=h")
+    start_client(page, server, build, "/stream?channel=h")
     wait_in_page(page, "client.readyState === 1", 10, "the first connection")
     sent = []
     deadline = time.monotonic() + 3.5

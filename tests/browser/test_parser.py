@@ -231,17 +231,3 @@ def test_client_and_native_eventsource_agree(static_site: Any, case: Case, bytew
         native = static_site.page.evaluate(NATIVE_IN_PAGE, args)
         assert not native.get("timeout"), "EventSource saw no end of stream within 10 s"
         assert native["events"] == ours["events"], "Chromium's EventSource disagrees"
-
-
-def test_es_module_twin_exports_the_client(static_site: Any) -> None:
-    exports = static_site.page.evaluate(
-        """async () => {
-          const module = await import("/sse-keepalive.mjs");
-          return {
-            named: module.SSEKeepalive === window.SSEKeepalive,
-            default: module.default === window.SSEKeepalive,
-            parser: module.EventStreamParser === window.SSEKeepalive.EventStreamParser,
-          };
-        }"""
-    )
-    assert exports == {"named": True, "default": True, "parser": True}
