@@ -4,13 +4,18 @@
 // option, event and method it documents is declared here.
 
 /** The connection states, in `state` and in each state event's `state`. */
-export type SSEKeepaliveState = "connecting" | "open" | "reconnecting" | "closed";
+export type SSEKeepaliveState = "connecting" | "open" | "reconnecting" | "offline" | "closed";
 
 /** Why a connection was lost or refused (`reason` of "error" and "reconnecting"). */
 export type SSEKeepaliveErrorReason = "network" | "eof" | "watchdog" | "timeout" | "http";
 
 /** `reason` of a state event: a loss, or why the client moved on its own. */
-export type SSEKeepaliveStateReason = SSEKeepaliveErrorReason | "close";
+export type SSEKeepaliveStateReason =
+  | SSEKeepaliveErrorReason
+  | "close"
+  | "offline"
+  | "online"
+  | "heartbeat";
 
 export interface SSEKeepaliveOptions {
   /** Resume from this id on the first connect. */
@@ -25,6 +30,18 @@ export interface SSEKeepaliveOptions {
   retry?: number;
   /** The cap of the backoff, in ms. Default 30000. */
   maxRetry?: number;
+  /**
+   * "auto" (the default): ask for a shorter heartbeat after a lost line and
+   * return to the base once stable. A number: always ask for that many
+   * seconds. `false`: never ask (the server's default).
+   */
+  heartbeat?: "auto" | number | false;
+  /** Seconds: "auto" never asks for less (nor less than the server grants). Default 1. */
+  heartbeatMin?: number;
+  /** Seconds: the interval "auto" returns to. Default: the server's, as first announced. */
+  heartbeatBase?: number | null;
+  /** Heartbeat intervals without a miss after which "auto" doubles back. Default 10. */
+  stableIntervals?: number;
   /** Seconds, for a server that does not announce its interval. */
   heartbeatInterval?: number | null;
   /** Heartbeat intervals of silence that mean a dead line; 0 turns the watchdog off. Default 2.5. */
@@ -35,6 +52,12 @@ export interface SSEKeepaliveOptions {
   stopOn?: number[];
   /** Extra request headers, or a function returning them, evaluated on every connect. */
   headers?: Record<string, string> | (() => Record<string, string>) | null;
+  /** While navigator.onLine is false, wait for "online" instead of retrying. Default true. */
+  pauseOffline?: boolean;
+  /** URLs to fail over to, in order, after the current one keeps failing. */
+  failover?: Array<string | URL>;
+  /** Failed attempts in a row that make a URL "keep failing". Default 3. */
+  failoverAfter?: number;
   /** Called with the "stream-reset" event; the same as setting `onreset`. */
   onReset?: ((this: SSEKeepalive, event: MessageEvent<string>) => void) | null;
   /** The fetch to use. */
@@ -50,16 +73,22 @@ export interface SSEKeepaliveStats {
   /** Events dispatched. */
   messages: number;
   resets: number;
+  /** Moves to the next URL of `failover`. */
+  failovers: number;
 }
 
-/** "connecting", "open", "reconnecting", "closed" and "statechange". */
+/** "connecting", "open", "reconnecting", "offline", "closed" and "statechange". */
 export interface SSEKeepaliveStateEvent extends Event {
   readonly state: SSEKeepaliveState;
   readonly reason?: SSEKeepaliveStateReason;
   /** Milliseconds until the next attempt ("reconnecting"). */
   readonly delay?: number;
-  /** Failed attempts in a row ("reconnecting"). */
+  /** Attempts on this URL since it last worked ("reconnecting"). */
   readonly attempt?: number;
+  /** The URL of the next attempt ("reconnecting") or of the stream ("open"). */
+  readonly url?: string;
+  /** This attempt goes to the next URL of `failover` ("reconnecting"). */
+  readonly failover?: boolean;
   readonly willRetry?: boolean;
   /** The HTTP status of a refusal. */
   readonly status?: number;
@@ -75,6 +104,8 @@ export interface SSEKeepaliveErrorEvent extends Event {
   readonly message?: string;
   readonly delay?: number;
   readonly attempt?: number;
+  readonly url?: string;
+  readonly failover?: boolean;
   readonly cause?: unknown;
 }
 
@@ -91,6 +122,7 @@ export interface SSEKeepaliveEventMap {
   connecting: SSEKeepaliveStateEvent;
   open: SSEKeepaliveStateEvent;
   reconnecting: SSEKeepaliveStateEvent;
+  offline: SSEKeepaliveStateEvent;
   closed: SSEKeepaliveStateEvent;
   statechange: SSEKeepaliveStateEvent;
 }
@@ -111,7 +143,10 @@ export declare class SSEKeepalive extends EventTarget {
   /** Retry-After (delta-seconds or an HTTP date) as milliseconds, or null. */
   static parseRetryAfter(value: string | null | undefined): number | null;
 
+  /** The URL given to the constructor. */
   readonly url: string;
+  /** The URL of the current or next attempt: `url`, or one of `failover`. */
+  readonly currentUrl: string;
   readonly withCredentials: boolean;
   readonly readyState: 0 | 1 | 2;
   readonly state: SSEKeepaliveState;

@@ -4,7 +4,9 @@
  * An EventSource-like object that reads the stream with fetch(), so it can do
  * what EventSource cannot: see heartbeats (and reconnect when they stop), see
  * status codes (stop on 400/401/403/404, honour Retry-After on 503), send
- * Last-Event-ID on a page's first connect, and back off with jitter.
+ * Last-Event-ID on a page's first connect, back off with jitter, wait while
+ * the browser is offline, shorten the heartbeat on a bad network and fail
+ * over to backup URLs.
  *
  * This ES module is the source; it imports nothing and defines no global:
  *   import { SSEKeepalive } from "/stream/static/sse-keepalive.mjs";
@@ -225,6 +227,20 @@ function storage() {
   }
 }
 
+/** Close enough to count as the same interval (the server prints it with 6 digits). */
+function sameInterval(a, b) {
+  return Math.abs(a - b) <= 1e-3 * Math.max(a, b);
+}
+
+/** Seconds, to the millisecond: what a query parameter can say exactly. */
+function roundSeconds(seconds) {
+  return Math.round(seconds * 1000) / 1000;
+}
+
+function isOffline() {
+  return typeof navigator !== "undefined" && navigator.onLine === false;
+}
+
 // ---------------------------------------------------------------------------
 // The client
 // ---------------------------------------------------------------------------
@@ -235,23 +251,35 @@ var DEFAULTS = {
   headers: null,
   retry: 3000,
   maxRetry: 30000,
+  heartbeat: "auto",
+  heartbeatMin: 1,
+  heartbeatBase: null,
+  stableIntervals: 10,
   heartbeatInterval: null,
   watchdogFactor: 2.5,
   connectTimeout: 30000,
   stopOn: [204, 400, 401, 403, 404],
   resumeVia: "auto",
   persist: false,
+  pauseOffline: true,
+  failover: [],
+  failoverAfter: 3,
   onReset: null,
   fetch: null,
 };
+
+/** Why a connection was lost, when the line itself is to blame: a shorter heartbeat may help. */
+var MISSES = { watchdog: true, timeout: true, network: true };
+/** Back online, clients of one network come back within this spread (ms), not all at once. */
+var ONLINE_JITTER = 500;
 
 /**
  * new SSEKeepalive(url, options)
  *
  * Events: "message" and any server event type (MessageEvent), "open",
  * "error", and the connection states "connecting", "open", "reconnecting",
- * "closed" (each also fires "statechange"); "heartbeat" on each heartbeat;
- * "stream-reset" when the server could not resume without a gap.
+ * "offline", "closed" (each also fires "statechange"); "heartbeat" on each
+ * heartbeat; "stream-reset" when the server could not resume without a gap.
  */
 class SSEKeepalive extends EventTarget {
   constructor(url, options) {
@@ -259,6 +287,11 @@ class SSEKeepalive extends EventTarget {
     var opts = Object.assign({}, DEFAULTS, options || {});
     this._opts = opts;
     this._url = new URL(String(url), baseURL()).href;
+    /** The URLs tried in turn, each with its own backoff. */
+    this._targets = [this._url].concat(opts.failover || []).map(function (each) {
+      return { url: new URL(String(each), baseURL()).href, attempt: 0, failures: 0 };
+    });
+    this._targetIndex = 0;
     this._withCredentials = !!opts.withCredentials;
     this._readyState = CONNECTING;
     this._state = "connecting";
@@ -272,12 +305,23 @@ class SSEKeepalive extends EventTarget {
     /** Heartbeat interval in seconds, as the server announced it (or the option). */
     this.heartbeatInterval = opts.heartbeatInterval;
     /** Counters a page can show. */
-    this.stats = { connects: 0, reconnects: 0, heartbeats: 0, messages: 0, resets: 0 };
-    this._attempt = 0; // failed attempts in a row: the backoff exponent
+    this.stats = {
+      connects: 0, reconnects: 0, heartbeats: 0, messages: 0, resets: 0, failovers: 0,
+    };
+    // The adaptive heartbeat (heartbeat: "auto"): the interval to come back
+    // to, whether that is the server's default (then it is not asked for),
+    // the shortest the server grants, what the next attempt asks for (null:
+    // nothing, the server's default) and what the current one asked for.
+    this._heartbeatBase = typeof opts.heartbeatBase === "number" ? opts.heartbeatBase : null;
+    this._baseIsDefault = this._heartbeatBase === null;
+    this._heartbeatFloor = opts.heartbeatMin || 0;
+    this._heartbeatAsk = this._heartbeatBase;
+    this._heartbeatAsked = null;
     this._generation = 0; // bumped on every drop: late callbacks of old connections are ignored
     this._abort = null;
     this._retryTimer = null;
     this._watchdogTimer = null;
+    this._stableTimer = null;
     this._lastByteAt = 0;
     this._openedAt = 0;
     this._origin = "";
@@ -295,16 +339,11 @@ class SSEKeepalive extends EventTarget {
       });
     });
 
-    this._onOnline = function () {
-      // Back online: a scheduled retry need not wait for its timer.
-      if (self._retryTimer !== null) {
-        clearTimeout(self._retryTimer);
-        self._retryTimer = null;
-        self._reconnect();
-      }
-    };
+    this._onOnline = function () { self._online(); };
+    this._onOffline = function () { self._offline(); };
     if (typeof GLOBAL.addEventListener === "function") {
       GLOBAL.addEventListener("online", this._onOnline);
+      GLOBAL.addEventListener("offline", this._onOffline);
     }
     // Start after the caller had a chance to add listeners (as EventSource).
     Promise.resolve().then(function () {
@@ -312,10 +351,13 @@ class SSEKeepalive extends EventTarget {
     });
   }
 
+  /** The URL given to the constructor (as EventSource's `url`). */
   get url() { return this._url; }
+  /** The URL of the current or next attempt: `url`, or one of `failover`. */
+  get currentUrl() { return this._targets[this._targetIndex].url; }
   get withCredentials() { return this._withCredentials; }
   get readyState() { return this._readyState; }
-  /** "connecting", "open", "reconnecting" or "closed". */
+  /** "connecting", "open", "reconnecting", "offline" or "closed". */
   get state() { return this._state; }
   get lastEventId() { return this._lastEventId; }
 
@@ -365,16 +407,34 @@ class SSEKeepalive extends EventTarget {
     var via = this._opts.resumeVia;
     if (via === "auto") {
       var page = baseURL();
-      return !!page && new URL(page).origin !== new URL(this._url).origin;
+      return !!page && new URL(page).origin !== new URL(this.currentUrl).origin;
     }
     return via === "query";
   }
 
+  /** The `?heartbeat=` this attempt asks for, or null. */
+  _heartbeatParam() {
+    var fixed = this._opts.heartbeat;
+    if (typeof fixed === "number") return fixed;
+    return this._adaptive() ? this._heartbeatAsk : null;
+  }
+
+  _adaptive() {
+    return this._opts.heartbeat === "auto" && this._opts.heartbeatInterval == null;
+  }
+
   _requestURL() {
-    if (!this._resumeInQuery()) return this._url;
-    var url = new URL(this._url);
-    url.searchParams.delete("last_event_id");
-    if (this._lastEventId) url.searchParams.set("last_event_id", this._lastEventId);
+    var heartbeat = this._heartbeatParam();
+    var inQuery = this._resumeInQuery();
+    this._heartbeatAsked = heartbeat;
+    // The URL is rebuilt only when a parameter is added: as given otherwise.
+    if (!inQuery && heartbeat == null) return this.currentUrl;
+    var url = new URL(this.currentUrl);
+    if (inQuery) {
+      url.searchParams.delete("last_event_id");
+      if (this._lastEventId) url.searchParams.set("last_event_id", this._lastEventId);
+    }
+    if (heartbeat != null) url.searchParams.set("heartbeat", String(heartbeat));
     return url.href;
   }
 
@@ -388,11 +448,18 @@ class SSEKeepalive extends EventTarget {
     return headers;
   }
 
-  async _connect() {
+  async _connect(isReconnect) {
     if (this._state === "connecting") {
       this._setState("connecting"); // the first attempt
       if (this._readyState === CLOSED) return; // a "connecting" listener closed us
     }
+    if (this._opts.pauseOffline && isOffline()) {
+      // No attempt can succeed: wait for the "online" event instead.
+      this._stop();
+      this._setState("offline", { reason: "offline", willRetry: true });
+      return;
+    }
+    if (isReconnect) this.stats.reconnects += 1;
     var generation = ++this._generation;
     var controller = new AbortController();
     this._abort = controller;
@@ -445,13 +512,13 @@ class SSEKeepalive extends EventTarget {
 
   async _read(response, generation) {
     var self = this;
-    this._origin = new URL(response.url || this._url).origin;
+    this._origin = new URL(response.url || this.currentUrl).origin;
     this._openedAt = Date.now();
     this._lastByteAt = this._openedAt;
     this.stats.connects += 1;
     // Until the first bytes, the connect timeout still guards the line.
     this._armWatchdog(this._watchdogLimit() || this._opts.connectTimeout);
-    this._setState("open"); // also the EventSource "open" event
+    this._setState("open", { url: this.currentUrl }); // also the EventSource "open" event
     if (generation !== this._generation) return; // an "open" listener closed us
     var parser = new EventStreamParser({
       onEvent: function (type, data, lastEventId) {
@@ -520,7 +587,73 @@ class SSEKeepalive extends EventTarget {
     if (match && this._opts.heartbeatInterval == null) {
       this.heartbeatInterval = parseFloat(match[1]);
       this._armWatchdog(null);
+      if (this._adaptive()) this._granted(this.heartbeatInterval);
     }
+  }
+
+  /**
+   * The server announced the interval it keeps for this connection: what it
+   * granted is the truth. Granted more than asked: that is the server's
+   * minimum. Less: its maximum. Asked nothing: its default, the base.
+   */
+  _granted(interval) {
+    var asked = this._heartbeatAsked;
+    if (asked == null) {
+      if (this._heartbeatBase === null) this._heartbeatBase = interval;
+    } else if (interval > asked && !sameInterval(interval, asked)) {
+      this._heartbeatFloor = Math.max(this._heartbeatFloor, interval);
+    } else if (interval < asked && !sameInterval(interval, asked)) {
+      this._heartbeatBase = Math.min(this._heartbeatBase || interval, interval);
+    }
+    this._heartbeatAsk = asked == null ? null : interval;
+    var base = this._heartbeatBase;
+    var every = this._opts.stableIntervals;
+    if (base === null || !every || interval >= base || sameInterval(interval, base)) return;
+    // Below the base: `stableIntervals` intervals without a miss prove the
+    // line, and a longer heartbeat saves battery and server work. Time alone
+    // proves nothing: while a heartbeat is overdue (the line may be dead and
+    // the watchdog not yet sure), the proof waits.
+    var self = this;
+    var generation = this._generation;
+    var ms = interval * 1000;
+    var check = function () {
+      self._stableTimer = null;
+      if (generation !== self._generation) return;
+      if (Date.now() - self._lastByteAt > 1.5 * ms) {
+        self._stableTimer = setTimeout(check, ms);
+      } else {
+        self._lengthenHeartbeat(interval);
+      }
+    };
+    this._stableTimer = setTimeout(check, every * ms);
+  }
+
+  /** A miss (watchdog, timeout, network): ask for half the interval, down to the floor. */
+  _shortenHeartbeat() {
+    var current = this._heartbeatAsk != null ? this._heartbeatAsk : this._heartbeatBase;
+    if (current == null) return; // nothing announced yet: nothing to halve
+    var half = roundSeconds(Math.max(this._heartbeatFloor, current / 2));
+    this._heartbeatAsk = Math.min(current, half);
+  }
+
+  /** Stable at `interval`: reconnect at once asking for twice that, up to the base. */
+  _lengthenHeartbeat(interval) {
+    var base = this._heartbeatBase;
+    var next = Math.min(base, interval * 2);
+    var atBase = next >= base || sameInterval(next, base);
+    this._heartbeatAsk = atBase && this._baseIsDefault ? null : roundSeconds(next);
+    this._stop();
+    this._openedAt = 0;
+    var target = this._targets[this._targetIndex];
+    target.attempt = 0;
+    target.failures = 0;
+    // Not an error: the connection was healthy. The new one resumes from the
+    // last id, so nothing is lost in the switch.
+    this._setState("reconnecting", {
+      reason: "heartbeat", willRetry: true, delay: 0, attempt: 0, url: target.url,
+    });
+    if (this._readyState === CLOSED) return; // a listener closed us
+    this._reconnect();
   }
 
   /** The silence (ms) after which the connection is presumed dead. */
@@ -563,54 +696,116 @@ class SSEKeepalive extends EventTarget {
     }
     if (this._watchdogTimer !== null) clearTimeout(this._watchdogTimer);
     if (this._retryTimer !== null) clearTimeout(this._retryTimer);
+    if (this._stableTimer !== null) clearTimeout(this._stableTimer);
     this._watchdogTimer = null;
     this._retryTimer = null;
+    this._stableTimer = null;
+  }
+
+  /** Exponential backoff with full jitter, from the server's retry time. */
+  _backoff(target) {
+    // A floor of 100 ms keeps "retry: 0" from spinning when a server crash-loops.
+    var base = Math.max(this.retry, 100);
+    var ceiling = Math.min(this._opts.maxRetry, base * Math.pow(2, target.attempt));
+    return Math.random() * ceiling;
   }
 
   /** The connection was lost or refused: schedule a reconnect. */
   _drop(info, retryAfter) {
     this._stop();
+    if (this._opts.pauseOffline && isOffline()) {
+      // Not the server's fault nor the URL's: no backoff, no failover, no
+      // shorter heartbeat. Wait for the "online" event.
+      this._openedAt = 0;
+      this._readyState = CONNECTING;
+      this._state = "offline";
+      this.dispatchEvent(makeEvent("error", Object.assign({ willRetry: true }, info)));
+      if (this._readyState === CLOSED) return; // an error listener closed us
+      this._setState("offline", Object.assign({ willRetry: true }, info));
+      return;
+    }
+    var target = this._targets[this._targetIndex];
     var lived = this._openedAt ? Date.now() - this._openedAt : 0;
     // A connection that stayed up for a while proves the server healthy: the
     // backoff starts over. One that dies at once (a crash loop) keeps growing it.
-    if (this._openedAt && lived >= Math.max(1000, this.retry)) this._attempt = 0;
+    var healthy = !!this._openedAt && lived >= Math.max(1000, this.retry);
     this._openedAt = 0;
+    if (healthy) {
+      target.attempt = 0;
+      target.failures = 0;
+    } else {
+      target.failures += 1;
+    }
+    if (MISSES[info.reason] && this._adaptive()) this._shortenHeartbeat();
     var delay;
-    if (retryAfter != null) {
+    var failover = false;
+    if (this._targets.length > 1 && target.failures >= Math.max(1, this._opts.failoverAfter)) {
+      // This URL keeps failing: the next one, with its own backoff. A
+      // Retry-After was this server's word, not the next one's.
+      target.failures = 0;
+      this._targetIndex = (this._targetIndex + 1) % this._targets.length;
+      target = this._targets[this._targetIndex];
+      target.failures = 0;
+      this.stats.failovers += 1;
+      failover = true;
+      delay = this._backoff(target);
+    } else if (retryAfter != null) {
       // The server said when: wait that long, plus up to 20% so that the
       // clients it turned away do not all come back in the same instant.
       delay = retryAfter * (1 + 0.2 * Math.random());
     } else {
-      // Exponential backoff with full jitter, from the server's retry time.
-      // A floor of 100 ms keeps "retry: 0" from spinning when a server crash-loops.
-      var base = Math.max(this.retry, 100);
-      var ceiling = Math.min(this._opts.maxRetry, base * Math.pow(2, this._attempt));
-      delay = Math.random() * ceiling;
+      delay = this._backoff(target);
     }
-    this._attempt += 1;
+    target.attempt += 1;
     delay = Math.round(delay);
-    var props = Object.assign({ willRetry: true, delay: delay, attempt: this._attempt }, info);
+    var props = Object.assign(
+      { willRetry: true, delay: delay, attempt: target.attempt, url: target.url, failover: failover },
+      info
+    );
     this._readyState = CONNECTING;
     this._state = "reconnecting";
     this.dispatchEvent(makeEvent("error", props));
     if (this._readyState === CLOSED) return; // an error listener closed us
+    this._schedule(delay);
+    this._setState("reconnecting", props);
+  }
+
+  _schedule(delay) {
     var generation = this._generation;
     var self = this;
     this._retryTimer = setTimeout(function () {
       self._retryTimer = null;
       if (generation === self._generation) self._reconnect();
     }, delay);
-    this._setState("reconnecting", props);
   }
 
   _reconnect() {
-    this.stats.reconnects += 1;
-    this._connect();
+    this._connect(true);
+  }
+
+  /** The browser went offline: a waiting retry would fail, so it waits for "online". */
+  _offline() {
+    if (!this._opts.pauseOffline || this._retryTimer === null) return;
+    this._stop();
+    this._setState("offline", { reason: "offline", willRetry: true });
+  }
+
+  /** Back online: reconnect at once, after a small jitter. */
+  _online() {
+    if (this._state !== "offline" && this._retryTimer === null) return;
+    this._stop();
+    var delay = Math.round(Math.random() * ONLINE_JITTER);
+    var target = this._targets[this._targetIndex];
+    this._schedule(delay);
+    this._setState("reconnecting", {
+      reason: "online", willRetry: true, delay: delay, attempt: target.attempt, url: target.url,
+    });
   }
 
   _finish(info, isError) {
     if (typeof GLOBAL.removeEventListener === "function") {
       GLOBAL.removeEventListener("online", this._onOnline);
+      GLOBAL.removeEventListener("offline", this._onOffline);
     }
     this._readyState = CLOSED;
     this._state = "closed";

@@ -26,8 +26,8 @@ for key, value in os.environ.items():
         app.config[key] = value
 sse = SSE(app)
 
-#: key -> the requests seen: time, Last-Event-ID, Origin, then the answer's
-#: status and Retry-After
+#: key -> the requests seen: time, Last-Event-ID, Origin, ``?heartbeat=``,
+#: then the answer's status and Retry-After
 _requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
 
 #: ``/?build=module`` loads the ES module (which defines no global: the page
@@ -79,6 +79,7 @@ def _record() -> int:
         "time": time.time(),
         "last_event_id": request.headers.get("Last-Event-ID"),
         "origin": request.headers.get("Origin"),
+        "heartbeat": request.args.get("heartbeat"),
     }
     seen.append(g.recorded)
     return len(seen) - 1

@@ -14,11 +14,18 @@ const options: SSEKeepaliveOptions = {
   resumeVia: "auto",
   retry: 3000,
   maxRetry: 30000,
+  heartbeat: "auto",
+  heartbeatMin: 1,
+  heartbeatBase: null,
+  stableIntervals: 10,
   heartbeatInterval: null,
   watchdogFactor: 2.5,
   connectTimeout: 30000,
   stopOn: [204, 400, 401, 403, 404],
   headers: () => ({ Authorization: "Bearer x" }),
+  pauseOffline: true,
+  failover: ["https://backup.example/stream", new URL("https://other.example/stream")],
+  failoverAfter: 3,
   onReset: (event) => event.data.length,
   fetch: (input, init) => fetch(input, init),
 };
@@ -26,8 +33,8 @@ const options: SSEKeepaliveOptions = {
 const client: Named = new SSEKeepalive("/stream?channel=prices", options);
 const state: SSEKeepaliveState = client.state;
 const ready: 0 | 1 | 2 = client.readyState;
-const counts: number = client.stats.connects + client.stats.reconnects + client.stats.resets;
-const where: string = client.url + client.lastEventId;
+const counts: number = client.stats.connects + client.stats.failovers + client.stats.resets;
+const where: string = client.currentUrl + client.url + client.lastEventId;
 const interval: number | null = client.heartbeatInterval;
 const retry: number = client.retry;
 
@@ -36,11 +43,12 @@ client.addEventListener("message", (event) => event.lastEventId + event.origin);
 client.addEventListener("stream-reset", (event) => event.data);
 client.addEventListener("statechange", (event) => {
   const now: SSEKeepaliveState = event.state;
-  if (event.state === "reconnecting") return [event.delay, event.attempt, now];
-  return event.reason === "close" || event.status;
+  if (event.state === "reconnecting") return [event.delay, event.attempt, event.url, now];
+  return event.reason === "heartbeat" || event.reason === "online";
 });
 client.addEventListener("error", (event) => event.willRetry && event.reason === "watchdog");
 client.addEventListener("heartbeat", (event) => event.count);
+client.addEventListener("offline", (event) => event.willRetry);
 client.onmessage = (event) => event.data;
 client.onerror = (event) => event.status;
 client.onopen = (event) => event.state;
@@ -66,8 +74,8 @@ const lastId: string = alsoParser.lastEventId;
 
 // @ts-expect-error: an option that does not exist
 new SSEKeepalive("/stream", { heartbeats: "auto" });
-// @ts-expect-error: retry is milliseconds
-new SSEKeepalive("/stream", { retry: "3s" });
+// @ts-expect-error: heartbeat is "auto", seconds or false
+new SSEKeepalive("/stream", { heartbeat: "fast" });
 // @ts-expect-error: not a state
 const wrong: SSEKeepaliveState = "paused";
 // @ts-expect-error: read-only
