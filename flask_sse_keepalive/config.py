@@ -28,6 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "SSE_MAX_STREAM_SECONDS": None,
     "SSE_CORS_ORIGINS": None,
     "SSE_CORS_CREDENTIALS": False,
+    "SSE_REQUIRE_TOKEN": False,
+    "SSE_TOKEN_SALT": "flask-sse-keepalive.token",
     "SSE_DIRECT_WRITE": True,
     "SSE_ALLOW_THREADS": None,
     "SSE_REDIS_PREFIX": "sse:",
@@ -84,6 +86,9 @@ class Settings:
     max_stream_seconds: float | None
     cors_origins: frozenset[str] | None
     cors_credentials: bool
+    require_token: bool
+    #: the salt of this app's tokens (see :mod:`~flask_sse_keepalive.tokens`)
+    token_salt: str
     direct_write: bool
     allow_threads: bool | None
     redis_prefix: str
@@ -111,6 +116,9 @@ class Settings:
         if isinstance(origins, str):
             origins = [o.strip() for o in origins.split(",") if o.strip()]
         prefix = config["SSE_REDIS_PREFIX"]
+        salt = config["SSE_TOKEN_SALT"]
+        if not isinstance(salt, str) or not salt:
+            raise ValueError(f"SSE_TOKEN_SALT must be a non-empty str, got {salt!r}")
         heartbeat_min = float(_number(config, "SSE_HEARTBEAT_MIN", minimum=0.01))
         heartbeat_max = float(_number(config, "SSE_HEARTBEAT_MAX", minimum=heartbeat_min))
         dead_peer = _number(config, "SSE_DEAD_PEER_TIMEOUT", minimum=1, optional=True)
@@ -135,6 +143,8 @@ class Settings:
             ),
             cors_origins=frozenset(origins) if origins else None,
             cors_credentials=bool(_flag(config, "SSE_CORS_CREDENTIALS")),
+            require_token=bool(_flag(config, "SSE_REQUIRE_TOKEN")),
+            token_salt=salt,
             direct_write=_flag(config, "SSE_DIRECT_WRITE") is not False,
             allow_threads=_flag(config, "SSE_ALLOW_THREADS"),
             redis_prefix=DEFAULTS["SSE_REDIS_PREFIX"] if prefix is None else str(prefix),

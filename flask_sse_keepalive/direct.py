@@ -106,6 +106,7 @@ class DirectConnection(Connection):
         remote_addr: str | None = None,
         client_key: str | None = None,
         heartbeat_interval: float | None = None,
+        expires_at: float | None = None,
     ) -> None:
         super().__init__(
             state,
@@ -115,6 +116,7 @@ class DirectConnection(Connection):
             client_key=client_key,
             cut=sock,
             heartbeat_interval=heartbeat_interval,
+            expires_at=expires_at,
         )
         self.mode = "owned" if hand_over else "direct"
         #: the gevent socket (for blocking writes) ...
@@ -265,7 +267,7 @@ class DirectConnection(Connection):
         lifetime = None
         if self._deadline is not None:
             lifetime = loop.timer(max(0.0, self._deadline - time.monotonic()))
-            lifetime.start(self.close, "lifetime")
+            lifetime.start(self.close, self._deadline_reason)
         try:
             while not self._aborted and not self._broken:
                 if self._partial or self._pending:

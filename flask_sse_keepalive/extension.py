@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from blinker import ANY, Signal
 from flask import Flask, current_app, has_app_context, request
 
-from . import server, signals
+from . import server, signals, tokens
 from .cli import sse_cli
 from .cluster import totals
 from .config import DEFAULTS, Settings
 from .event import Event, check_channel
 from .state import AppState
-from .views import make_blueprint
+from .views import current_token, make_blueprint
 
 log = logging.getLogger("flask_sse_keepalive")
 
@@ -58,6 +59,12 @@ class SSE:
             log.warning(
                 "%s: SSE_CORS_ORIGINS='*' with SSE_CORS_CREDENTIALS lets every site read the "
                 "streams of your signed-in users (the origin is echoed); list the origins instead",
+                app.name,
+            )
+        if settings.require_token and not app.secret_key:
+            log.warning(
+                "%s: SSE_REQUIRE_TOKEN is set but the app has no SECRET_KEY: every stream "
+                "is refused (401) until it has one",
                 app.name,
             )
         self._states[app] = AppState(app, settings)
@@ -140,6 +147,60 @@ class SSE:
         :meth:`authorize` hook says (``True`` without one). Exceptions of the
         hook propagate."""
         return True if self._authorize is None else bool(self._authorize(channel))
+
+    def token(
+        self,
+        channels: str | Iterable[str],
+        *,
+        expires_in: float | timedelta = 600,
+        subject: str | None = None,
+    ) -> str:
+        """A signed token that opens streams on ``channels`` until it expires,
+        for ``GET {SSE_URL_PREFIX}?channel=...&token=...``.
+
+        Signed with the app's ``SECRET_KEY`` (tokens signed with one of
+        ``SECRET_KEY_FALLBACKS`` stay valid, for key rotation) under
+        ``SSE_TOKEN_SALT``. The stream route checks it before the
+        :meth:`authorize` hook; a stream opened with it ends when it
+        expires (reason ``"expired"``). ::
+
+            @app.get("/token")
+            @login_required
+            def stream_token():
+                return {"token": sse.token(f"user.{current_user.id}", subject=current_user.id)}
+
+        :param channels: a channel name, or several; the stream may ask for
+            any of them.
+        :param expires_in: seconds (or a :class:`~datetime.timedelta`) from now.
+        :param subject: who the token is for, e.g. a user id; the
+            :meth:`authorize` hook reads it with :meth:`current_subject`.
+        :return: a URL-safe string (letters, digits, ``-``, ``_``, ``.``).
+        :raises ValueError: for a bad channel, no channel, an ``expires_in``
+            that is not positive, or too many channels for one token.
+        :raises RuntimeError: if the app has no ``SECRET_KEY``.
+
+        .. versionadded:: 0.2.0
+        """
+        state = self.state()
+        keys = tokens.signing_keys(state.app.config)
+        if not keys:
+            raise RuntimeError("sse.token needs the app's SECRET_KEY: set app.config['SECRET_KEY']")
+        return tokens.issue(
+            keys, state.settings.token_salt, channels, expires_in=expires_in, subject=subject
+        )
+
+    def current_subject(self) -> str | None:
+        """The ``subject`` of the token the current stream request came with:
+        for the :meth:`authorize` hook. ``None`` without a token, for a token
+        issued without a subject, and outside the stream route.
+
+        A request that reaches the hook with ``request.args["token"]`` has a
+        valid token: every other token is refused before the hook.
+
+        .. versionadded:: 0.2.0
+        """
+        token = current_token()
+        return None if token is None else token.subject
 
     def client_key(self, fn: F) -> F:
         """Register ``fn() -> str`` naming the client for

@@ -31,8 +31,9 @@ client_connected = _signals.signal("client-connected")
 #: peer closed), ``"timeout"`` (the peer acknowledged nothing for the
 #: dead-peer bound: it vanished), ``"shutdown"`` (the worker is stopping),
 #: ``"slow"`` (the client could not keep up), ``"lifetime"``
-#: (``SSE_MAX_STREAM_SECONDS`` reached), ``"error"`` (the server failed) or
-#: ``"server"`` (an ``@sse_stream`` generator ended).
+#: (``SSE_MAX_STREAM_SECONDS`` reached), ``"expired"`` (the token the stream
+#: was opened with expired), ``"error"`` (the server failed) or ``"server"``
+#: (an ``@sse_stream`` generator ended).
 client_disconnected = _signals.signal("client-disconnected")
 
 #: Sent by :meth:`SSE.publish` after the broker stored the event.

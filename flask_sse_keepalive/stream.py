@@ -48,16 +48,19 @@ log = logging.getLogger("flask_sse_keepalive")
 #: Why a stream ended (``client_disconnected``'s ``reason``): the peer went
 #: away, the worker is stopping, the client could not keep up,
 #: ``SSE_MAX_STREAM_SECONDS`` was reached, the server failed, an
-#: ``@sse_stream`` generator ended, or the peer stopped acknowledging
-#: (vanished without a word: the dead-peer bound).
-CloseReason = Literal["client", "shutdown", "slow", "lifetime", "error", "server", "timeout"]
+#: ``@sse_stream`` generator ended, the peer stopped acknowledging
+#: (vanished without a word: the dead-peer bound), or the token the stream
+#: was opened with expired.
+CloseReason = Literal[
+    "client", "shutdown", "slow", "lifetime", "error", "server", "timeout", "expired"
+]
 #: How a stream's bytes reach the socket (see :attr:`Connection.mode`).
 Mode = Literal["owned", "direct", "iterator", "threaded"]
 #: Reasons after which the line is in an unknown state: it is cut, no goodbye.
 ABORT_REASONS: frozenset[CloseReason] = frozenset({"client", "slow", "error", "timeout"})
 #: Reasons whose goodbye carries a spread-out ``retry``, so that clients come
 #: back at once, to a live worker, without all coming back together.
-FAREWELL_REASONS: frozenset[CloseReason] = frozenset({"shutdown", "lifetime"})
+FAREWELL_REASONS: frozenset[CloseReason] = frozenset({"shutdown", "lifetime", "expired"})
 
 HEARTBEAT = encode_comment(HEARTBEAT_COMMENT)
 #: Written once the broker has positioned the stream (after any replay or
@@ -88,7 +91,9 @@ class Connection:
     over from gunicorn ``-k gevent``), ``"direct"`` (it writes to the socket
     from the server's handler), ``"iterator"`` (the server writes what the
     WSGI iterator yields) or ``"threaded"`` (development mode), and
-    ``heartbeat_interval`` (seconds; the client may ask for its own).
+    ``heartbeat_interval`` (seconds; the client may ask for its own) and
+    ``expires_at``: when the token the stream was opened with expires (a
+    ``time.time()`` value; ``None`` without a token), at which the stream ends.
 
     :param cut: the client socket, not to write to: to watch for the client's
         close, to bound a dead peer, and to ``shutdown()`` when the stream
@@ -102,6 +107,7 @@ class Connection:
         "_close_reason",
         "_cut",
         "_deadline",
+        "_deadline_reason",
         "_eof_watcher",
         "_event",
         "_exempt",
@@ -117,6 +123,7 @@ class Connection:
         "channels",
         "client_key",
         "connected_at",
+        "expires_at",
         "heartbeat_interval",
         "id",
         "last_event_id",
@@ -134,6 +141,7 @@ class Connection:
         client_key: str | None = None,
         cut: Any = None,
         heartbeat_interval: float | None = None,
+        expires_at: float | None = None,
     ) -> None:
         self.id = next(_ids)
         self.channels = tuple(channels)
@@ -141,6 +149,7 @@ class Connection:
         self.last_event_id = last_event_id
         self.connected_at = time.time()
         self.client_key = client_key
+        self.expires_at = expires_at
         self.mode: Mode = "iterator" if gevent_patched() else "threaded"
         self._state = state
         settings = state.settings
@@ -159,6 +168,7 @@ class Connection:
         self._last_seq = -1
         self._last_write = time.monotonic()
         self._deadline: float | None = None
+        self._deadline_reason: CloseReason = "lifetime"
         self._close_reason: CloseReason | None = None
         #: the line is in an unknown state: cut it, write nothing more
         self._aborted = False
@@ -374,10 +384,16 @@ class Connection:
     def _begin(self) -> None:
         """Count the stream in and subscribe it (with its replay)."""
         self._state.open(self)
+        now = time.monotonic()
         max_seconds = self._state.settings.max_stream_seconds
         if max_seconds:
             # Jitter, so that streams opened together do not all rotate together.
-            self._deadline = time.monotonic() + max_seconds * random.uniform(0.9, 1.1)
+            self._deadline = now + max_seconds * random.uniform(0.9, 1.1)
+        if self.expires_at is not None:
+            # A token's stream never outlives it: no jitter past its expiry.
+            expiry = now + self.expires_at - time.time()
+            if self._deadline is None or expiry < self._deadline:
+                self._deadline, self._deadline_reason = expiry, "expired"
         if self.channels:
             self._state.broker.attach(self, self.last_event_id)
 
@@ -438,7 +454,7 @@ class Connection:
             now = time.monotonic()
             due = self._last_write + interval
             if self._deadline is not None and now >= self._deadline:
-                self.close("lifetime")
+                self.close(self._deadline_reason)
             if self._close_reason is not None and not self._pending:
                 break  # what was queued before a clean close has been written
             timeout = due - now

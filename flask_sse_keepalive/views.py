@@ -1,9 +1,11 @@
 """The stream route: request -> validated channels and resume point -> response.
 
 Every refusal is a short plain-text response with the right status: ``400``
-for malformed input, ``403`` when :meth:`SSE.authorize` says no (``500`` when
-the hook fails), ``503`` with ``Retry-After`` when there is no room, and
-``500`` naming the fix when the server cannot hold streams at all.
+for malformed input, ``401`` for a bad, expired or missing (with
+``SSE_REQUIRE_TOKEN``) token, ``403`` for a channel outside the token or
+when :meth:`SSE.authorize` says no (``500`` when the hook fails), ``503``
+with ``Retry-After`` when there is no room, and ``500`` naming the fix when
+the server cannot hold streams at all.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import logging
 import math
 import random
 import re
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, has_request_context, request
 
-from . import server
+from . import server, tokens
 from .direct import DirectConnection
 from .event import INTERVAL_COMMENT, channel_problem
 from .stream import Connection
@@ -95,6 +98,73 @@ def parse_heartbeat(settings: Settings) -> float | Response | None:
     if not math.isfinite(seconds) or seconds <= 0:
         return plain(400, f"heartbeat must be a positive number of seconds, got {value[:40]!r}")
     return min(max(seconds, settings.heartbeat_min), settings.heartbeat_max)
+
+
+def parse_token(state: AppState, channels: list[str]) -> tokens.Token | Response | None:
+    """The request's ``?token=``, checked (before the ``authorize`` hook):
+    ``401`` if it is bad, expired, or missing under ``SSE_REQUIRE_TOKEN``;
+    ``403`` for a requested channel it does not grant."""
+    values = request.args.getlist("token")
+    if not values:
+        if state.settings.require_token:
+            return unauthorized("A token is required (?token=).", error=False)
+        return None
+    redact_token(request.environ)
+    if len(values) > 1:
+        return unauthorized("Token refused: more than one.")
+    # Without a SECRET_KEY no token can have been issued: none is valid.
+    keys = tokens.signing_keys(current_app.config)
+    try:
+        token = tokens.verify(values[0], keys, state.settings.token_salt)
+    except tokens.InvalidToken as exc:
+        return unauthorized(f"Token refused: {exc}.")
+    for channel in channels:
+        if channel not in token.channels:
+            return plain(403, f"The token does not grant channel {channel!r}.")
+    g._sse_token = token
+    return token
+
+
+def current_token() -> tokens.Token | None:
+    """The token the current stream request was let in with, if any."""
+    if not has_request_context():
+        return None
+    token: tokens.Token | None = g.get("_sse_token")
+    return token
+
+
+def unauthorized(message: str, *, error: bool = True) -> Response:
+    # RFC 6750: no error code when the request carried no credentials at all.
+    challenge = 'Bearer error="invalid_token"' if error else "Bearer"
+    return plain(401, message, {"WWW-Authenticate": challenge})
+
+
+def redact_token(environ: MutableMapping[str, Any]) -> None:
+    """Take the token out of the request line the server logs.
+
+    gunicorn's access log is formatted from the environ after the response
+    (``%(r)s`` is ``RAW_URI``, ``%(q)s`` is ``QUERY_STRING``), so the token,
+    a bearer credential until it expires, would be written to it. The
+    request object has its own copy of the query: the app is unaffected.
+    """
+    for key in ("QUERY_STRING", "RAW_URI", "REQUEST_URI"):
+        value = environ.get(key)
+        if not isinstance(value, str):
+            continue
+        if key == "QUERY_STRING":
+            environ[key] = _redacted(value)
+        else:
+            path, mark, query = value.partition("?")
+            environ[key] = path + mark + _redacted(query)
+
+
+def _redacted(query: str) -> str:
+    parts = query.split("&")
+    for index, part in enumerate(parts):
+        name = part.partition("=")[0]
+        if unquote_plus(name) == "token":
+            parts[index] = f"{name}=redacted"
+    return "&".join(parts)
 
 
 def access_problem(extension: SSE, channels: list[str]) -> Response | None:
@@ -195,6 +265,7 @@ def open_stream(
     client_key: str | None,
     body: Body | None = None,
     heartbeat_interval: float | None = None,
+    expires_at: float | None = None,
 ) -> Response:
     """The streaming response for a new connection, of the class the server allows."""
     environ = request.environ
@@ -212,6 +283,7 @@ def open_stream(
             remote_addr=request.remote_addr,
             client_key=client_key,
             heartbeat_interval=heartbeat_interval,
+            expires_at=expires_at,
         )
     else:
         connection = Connection(
@@ -222,6 +294,7 @@ def open_stream(
             client_key=client_key,
             cut=server.cuttable_socket(environ),
             heartbeat_interval=heartbeat_interval,
+            expires_at=expires_at,
         )
     first = first_bytes(state, connection.heartbeat_interval)
     iterable = body(connection, first) if body else connection.body(first)
@@ -248,6 +321,9 @@ def make_blueprint(extension: SSE) -> Blueprint:
         heartbeat = parse_heartbeat(state.settings)
         if isinstance(heartbeat, Response):
             return heartbeat
+        token = parse_token(state, channels)
+        if isinstance(token, Response):
+            return token
         denied = access_problem(extension, channels)
         if denied is not None:
             return denied
@@ -257,6 +333,14 @@ def make_blueprint(extension: SSE) -> Blueprint:
             return refused
         if request.method == "HEAD":
             return Response(headers=stream_headers(state))
-        return open_stream(state, channels, last_event_id, client_key, heartbeat_interval=heartbeat)
+        expires_at = None if token is None else token.expires_at
+        return open_stream(
+            state,
+            channels,
+            last_event_id,
+            client_key,
+            heartbeat_interval=heartbeat,
+            expires_at=expires_at,
+        )
 
     return blueprint

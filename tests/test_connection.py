@@ -45,14 +45,19 @@ class Line:
     """
 
     def __init__(
-        self, state: AppState, channels: tuple[str, ...] = ("a",), *, buffer: int | None = None
+        self,
+        state: AppState,
+        channels: tuple[str, ...] = ("a",),
+        *,
+        buffer: int | None = None,
+        expires_at: float | None = None,
     ) -> None:
         self.state = state
         self.server, self.client = gevent.socket.socketpair()
         if buffer is not None:
             self.server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
             self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
-        self.connection = DirectConnection(state, channels, sock=self.server)
+        self.connection = DirectConnection(state, channels, sock=self.server, expires_at=expires_at)
         self.chunks = ChunkedBody()
         self.parser = Parser()
         self.raw = b""  # everything received, framing included
@@ -285,8 +290,8 @@ def test_a_shutdown_during_a_blocked_write_never_writes_inside_a_chunk(
 class ThreadedLine:
     """The base connection's iterator, consumed by a thread as a threaded server would."""
 
-    def __init__(self, state: AppState) -> None:
-        self.connection = Connection(state, ("a",))
+    def __init__(self, state: AppState, *, expires_at: float | None = None) -> None:
+        self.connection = Connection(state, ("a",), expires_at=expires_at)
         self.parser = Parser()
         self.ended = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
