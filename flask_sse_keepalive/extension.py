@@ -167,7 +167,7 @@ class SSE:
             @app.get("/token")
             @login_required
             def stream_token():
-                return {"token": sse.token(f"user.{current_user.id}", subject=current_user.id)}
+                return {"token": sse.token(f"user.{current_user.id}", subject=str(current_user.id))}
 
         :param channels: a channel name, or several; the stream may ask for
             any of them.
