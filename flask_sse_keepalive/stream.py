@@ -188,6 +188,17 @@ class Connection:
         self._state.stats.delivered += 1
         self._send(message.payload)
 
+    def deliver_batch(self, messages: Sequence[Message], payload: bytes) -> None:
+        """Queue or send the events of one publish at once (one write)."""
+        if messages[0].seq <= self._last_seq:
+            fresh = [m for m in messages if m.seq > self._last_seq]
+            if not fresh:
+                return
+            messages, payload = fresh, b"".join(m.payload for m in fresh)
+        self._last_seq = messages[-1].seq
+        self._state.stats.delivered += len(messages)
+        self._send(payload)
+
     def reset(self, reason: ResetReason, position: str, seq: int) -> None:
         """Begin with ``stream-reset``: the client's id cannot be resumed gap-free."""
         self._last_seq = seq

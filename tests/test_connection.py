@@ -61,6 +61,7 @@ class Line:
         self.chunks = ChunkedBody()
         self.parser = Parser()
         self.raw = b""  # everything received, framing included
+        self.chunks_seen: list[bytes] = []  # every chunk received, in order
         self.eof = False
         self.serving = gevent.spawn(self._serve)
 
@@ -85,6 +86,7 @@ class Line:
             self.eof = True
         self.raw += data
         for chunk in self.chunks.feed(data):
+            self.chunks_seen.append(chunk)
             self.parser.feed(chunk)
         return data
 

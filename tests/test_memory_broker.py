@@ -18,12 +18,20 @@ class Collector:
     resets: list[tuple[str, str, int]] = field(default_factory=list)
     #: how many messages it had each time the broker said it was ready
     ready_at: list[int] = field(default_factory=list)
+    #: the size of each batch it took at once
+    batches: list[int] = field(default_factory=list)
 
     def deliver(self, message: Message) -> None:
         self.messages.append(message)
 
     def reset(self, reason: str, position: str, seq: int) -> None:
         self.resets.append((reason, position, seq))
+
+    def deliver_batch(self, messages: list[Message], payload: bytes) -> None:
+        assert payload == b"".join(m.payload for m in messages)
+        self.batches.append(len(messages))
+        for message in messages:
+            self.deliver(message)
 
     def replay(self, messages: list[Message]) -> None:
         for message in messages:

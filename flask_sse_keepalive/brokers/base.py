@@ -91,6 +91,11 @@ class Subscriber(Protocol):
     def deliver(self, message: Message) -> None:
         """Take one event; must not block or switch greenlets."""
 
+    def deliver_batch(self, messages: Sequence[Message], payload: bytes) -> None:
+        """Take several events of one publish, in seq order, as :meth:`deliver`
+        would one by one; ``payload`` is their payloads joined (the same object
+        for every subscriber that gets the same events), to write at once."""
+
     def reset(self, reason: ResetReason, position: str, seq: int) -> None:
         """Start the stream at ``position`` with a ``stream-reset`` event."""
 
@@ -169,6 +174,17 @@ class Broker(abc.ABC):
 
         :raises BrokerUnavailable: if the event could not be stored.
         """
+
+    def publish_many(self, events: Sequence[tuple[str, Event]]) -> list[Published]:
+        """Publish ``(channel, event)`` pairs with consecutive ids, in order.
+
+        A broker that can does it at once (one round trip, one fan-out in
+        which each subscriber takes its events together); by default, one
+        :meth:`publish` after the other.
+
+        :raises BrokerUnavailable: if the events could not be stored.
+        """
+        return [self.publish(channel, event) for channel, event in events]
 
     @abc.abstractmethod
     def attach(self, subscriber: Subscriber, last_event_id: str | None) -> None:

@@ -84,6 +84,35 @@ class MemoryBroker(Broker):
                 subscriber.deliver(message)
         return Published(message.id, message.seq)
 
+    def publish_many(self, events: Sequence[tuple[str, Event]]) -> list[Published]:
+        with self._lock:
+            batch: dict[str, list[Message]] = {}
+            published = []
+            for channel, event in events:
+                self._seq += 1
+                message = Message.of(event, self.epoch, self._seq, channel)
+                state = self._channel(channel)
+                if len(state.history) == self._history_size:
+                    state.evicted_upto = state.history[0].seq
+                state.history.append(message)
+                batch.setdefault(channel, []).append(message)
+                published.append(Published(message.id, message.seq))
+            # One pass: each subscriber takes its events of the batch at once.
+            # A subscriber of one of the channels (the common case) gets the
+            # channel's joined payload, the same object as every other one.
+            joined = {channel: b"".join(m.payload for m in ms) for channel, ms in batch.items()}
+            several: dict[Subscriber, list[Message]] = {}
+            for channel, messages in batch.items():
+                for subscriber in self._channels[channel].snapshot():
+                    if len(batch) > 1 and sum(c in batch for c in subscriber.channels) > 1:
+                        several.setdefault(subscriber, []).extend(messages)
+                    else:
+                        subscriber.deliver_batch(messages, joined[channel])
+            for subscriber, messages in several.items():
+                messages.sort()
+                subscriber.deliver_batch(messages, b"".join(m.payload for m in messages))
+        return published
+
     def attach(self, subscriber: Subscriber, last_event_id: str | None) -> None:
         with self._lock:
             for name in subscriber.channels:

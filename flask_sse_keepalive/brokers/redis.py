@@ -23,6 +23,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -36,8 +37,12 @@ from .redis_presence import RedisPresence
 from .redis_schema import (
     CONNECTION_ERRORS,
     PUBLISH,
+    PUBLISH_MANY,
+    PUBLISH_MANY_SHA,
     PUBLISH_SHA,
     SPUBLISH,
+    SPUBLISH_MANY,
+    SPUBLISH_MANY_SHA,
     SPUBLISH_SHA,
     HighWater,
     Keys,
@@ -71,6 +76,9 @@ class _Process:
         self._lock = threading.Lock()
         sharded = broker.endpoint.sharded
         self._script, self._sha = (SPUBLISH, SPUBLISH_SHA) if sharded else (PUBLISH, PUBLISH_SHA)
+        self._many_script, self._many_sha = (
+            (SPUBLISH_MANY, SPUBLISH_MANY_SHA) if sharded else (PUBLISH_MANY, PUBLISH_MANY_SHA)
+        )
 
     def _pool(self, size: int) -> Any:
         return self.broker.endpoint.pool(
@@ -109,15 +117,39 @@ class _Process:
 
     def publish(self, channel: str, fields: list[str]) -> tuple[str, int]:
         keys = self.broker.keys
-        deadline = time.monotonic() + PUBLISH_RETRY_SECONDS
-        delay = 0.02
-        while True:
-            seen_epoch, seen_seq = self.high_water.get()
-            command = (
+
+        def command(seen_epoch: str, seen_seq: int) -> tuple[Any, ...]:
+            return (
                 "EVALSHA", self._sha, 4, keys.epoch, keys.seq, keys.heads, keys.stream(channel),
                 secrets.token_hex(6), seen_epoch, seen_seq, self.broker.history_size, channel,
                 keys.live(channel), *fields,
             )  # fmt: skip
+
+        return self._call(command, self._script)
+
+    def publish_many(self, events: list[tuple[str, list[str]]]) -> tuple[str, int]:
+        """``(channel, fields)`` pairs at once; the epoch and the first seq."""
+        keys = self.broker.keys
+        streams = [keys.stream(channel) for channel, _ in events]
+        args: list[Any] = []
+        for channel, fields in events:
+            args += [channel, keys.live(channel), len(fields), *fields]
+
+        def command(seen_epoch: str, seen_seq: int) -> tuple[Any, ...]:
+            return (
+                "EVALSHA", self._many_sha, 3 + len(streams), keys.epoch, keys.seq, keys.heads,
+                *streams, secrets.token_hex(6), seen_epoch, seen_seq, self.broker.history_size,
+                *args,
+            )  # fmt: skip
+
+        return self._call(command, self._many_script)
+
+    def _call(self, make: Callable[[str, int], tuple[Any, ...]], script: str) -> tuple[str, int]:
+        """Run a publishing script; retry where it cannot have run."""
+        deadline = time.monotonic() + PUBLISH_RETRY_SECONDS
+        delay = 0.02
+        while True:
+            command = make(*self.high_water.get())
             try:
                 connection = self.pool.get_connection()
             except CONNECTION_ERRORS as exc:
@@ -128,7 +160,7 @@ class _Process:
                 delay *= 2
                 continue
             try:
-                epoch, seq = self._run(connection, command)
+                epoch, seq = self._run(connection, command, script)
             except NotExecuted as exc:
                 # A node that is not the primary (a failover, a moved slot)
                 # refused it: the event is not stored; the next connection
@@ -140,17 +172,16 @@ class _Process:
                 continue
             finally:
                 self.pool.release(connection)
-            self.high_water.note(epoch, seq)
             return epoch, seq
 
-    def _run(self, connection: Any, command: tuple[Any, ...]) -> tuple[str, int]:
+    def _run(self, connection: Any, command: tuple[Any, ...], script: str) -> tuple[str, int]:
         try:
             try:
                 connection.send_command(*command)
                 reply = connection.read_response()
             except NoScriptError:
                 # Redis restarted, or its script cache was flushed.
-                connection.send_command("SCRIPT", "LOAD", self._script)
+                connection.send_command("SCRIPT", "LOAD", script)
                 connection.read_response()
                 connection.send_command(*command)
                 reply = connection.read_response()
@@ -235,8 +266,19 @@ class RedisBroker(Broker):
         return state.fanout if state is not None and state.pid == os.getpid() else None
 
     def publish(self, channel: str, event: Event) -> Published:
-        epoch, seq = self._state().publish(channel, event_fields(event))
+        state = self._state()
+        epoch, seq = state.publish(channel, event_fields(event))
+        state.high_water.note(epoch, seq)
         return Published(format_id(epoch, seq), seq)
+
+    def publish_many(self, events: Sequence[tuple[str, Event]]) -> list[Published]:
+        if not events:
+            return []
+        state = self._state()
+        epoch, first = state.publish_many([(c, event_fields(e)) for c, e in events])
+        last = first + len(events) - 1
+        state.high_water.note(epoch, last)
+        return [Published(format_id(epoch, seq), seq) for seq in range(first, last + 1)]
 
     def attach(self, subscriber: Subscriber, last_event_id: str | None) -> None:
         self._state().serving().attach(subscriber, last_event_id)

@@ -165,6 +165,8 @@ class Fanout:
         #: this fan-out's probe: its channel, and the token of the last one sent
         self.probe_channel = keys.probe(secrets.token_hex(8))
         self.probe_sent: str | None = None
+        #: the last publish_many batch served: (epoch, "*first seq")
+        self.last_batch: tuple[str, bytes] = ("", b"")
         self.probing = False  # the probe channel is subscribed on this connection
         self.probe_sent_at = 0.0
         self.last_message = 0.0
@@ -281,6 +283,9 @@ class Fanout:
 
     def _on_message(self, channel: str, body: bytes) -> None:
         epoch_b, seq_b, flat = body.split(b"\n", 2)
+        if seq_b[:1] == b"*":
+            self._on_batch((epoch_b.decode(), seq_b), json.loads(flat))
+            return
         epoch, seq = epoch_b.decode(), int(seq_b)
         message: Message | None = None
         with self.lock:
@@ -301,6 +306,49 @@ class Fanout:
                 elif seq > record.last:
                     record.subscriber.deliver(message)
                     record.last = seq
+
+    def _on_batch(self, batch: tuple[str, bytes], entries: list[Any]) -> None:
+        """The events of one ``publish_many``. The batch comes on each of its
+        channels; the first to arrive serves every local subscriber, so that a
+        stream on several of them takes its events in id order, in one write."""
+        epoch = batch[0]
+        with self.lock:
+            if batch == self.last_batch:
+                return  # the same batch on another of its channels
+            self.last_batch = batch
+            messages: dict[str, list[Message]] = {}
+            for seq, channel, fields in entries:
+                if channel in self.by_channel:
+                    messages.setdefault(channel, []).append(
+                        message_from_fields(epoch, int(seq), channel, decode_fields(fields))
+                    )
+            if not messages:
+                return
+            self.high_water.note(epoch, max(m[-1].seq for m in messages.values()))
+            joined = {c: b"".join(m.payload for m in ms) for c, ms in messages.items()}
+            records: dict[int, _Record] = {}
+            for channel in messages:
+                for record in self.by_channel[channel]:
+                    records[id(record)] = record
+            for record in records.values():
+                mine = [c for c in record.channels if c in messages]
+                if len(mine) == 1:
+                    ours, payload = messages[mine[0]], joined[mine[0]]
+                else:
+                    ours = sorted(m for c in mine for m in messages[c])
+                    payload = b"".join(m.payload for m in ours)
+                if record.held is not None:
+                    record.held.extend((epoch, m) for m in ours)
+                elif record.epoch != epoch:
+                    record.held = [(epoch, m) for m in ours]
+                    self.pending[id(record.subscriber)] = record
+                    self.wake.set()
+                elif ours[-1].seq > record.last:
+                    if ours[0].seq <= record.last:
+                        ours = [m for m in ours if m.seq > record.last]
+                        payload = b"".join(m.payload for m in ours)
+                    record.subscriber.deliver_batch(ours, payload)
+                    record.last = ours[-1].seq
 
     # -- the supervisor -------------------------------------------------------
 

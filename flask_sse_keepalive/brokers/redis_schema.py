@@ -63,12 +63,16 @@ __all__ = [
     "CONNECTION_ERRORS",
     "LIVE_PROCESSES",
     "PUBLISH",
+    "PUBLISH_MANY",
+    "PUBLISH_MANY_SHA",
     "PUBLISH_SHA",
     "REPORT",
     "REPORT_LIFETIMES",
     "RESUME",
     "RESUME_SHA",
     "SPUBLISH",
+    "SPUBLISH_MANY",
+    "SPUBLISH_MANY_SHA",
     "SPUBLISH_SHA",
     "HighWater",
     "Keys",
@@ -246,6 +250,55 @@ return {epoch, seq}
     )
 
 
+def _publish_many_script(publish_command: str) -> str:
+    return (
+        _ENSURE_EPOCH
+        + _FENCE
+        + """
+local entries, lives, seen, first = {}, {}, {}, nil
+local i, k = 5, 4
+while i <= #ARGV do
+  local channel, live, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local seq = redis.call('INCR', KEYS[2])
+  first = first or seq
+  local entry = {'p', redis.call('HGET', KEYS[3], channel) or '0'}
+  for j = i + 3, i + 2 + n do entry[#entry + 1] = ARGV[j] end
+  local id = seq .. '-0'
+  local added = redis.pcall('XADD', KEYS[k], 'MAXLEN', '~', ARGV[4], id, unpack(entry))
+  if type(added) == 'table' and added.err then
+    redis.call('DEL', KEYS[k])
+    entry[2] = '0'
+    redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[4], id, unpack(entry))
+  end
+  redis.call('HSET', KEYS[3], channel, seq)
+  entries[#entries + 1] = {seq, channel, entry}
+  if not seen[live] then
+    seen[live] = true
+    lives[#lives + 1] = live
+  end
+  i, k = i + 3 + n, k + 1
+end
+-- The whole batch on each of its channels: a process takes it from the first
+-- that arrives, so a stream on several of them gets its events in id order.
+local message = epoch .. '\\n*' .. first .. '\\n' .. cjson.encode(entries)
+for _, live in ipairs(lives) do redis.call('"""
+        + publish_command
+        + """', live, message) end
+return {epoch, first}
+"""
+    )
+
+
+#: Several events at once, consecutive seqs, one message per live channel.
+#: KEYS: epoch, seq, heads, then the stream of each event's channel, in order.
+#: ARGV: a new epoch should one be needed, the fence's epoch and seq, history
+#: size, then per event: channel, pub/sub channel, the number of field values,
+#: the :func:`event_fields`. The same pub/sub message goes to each of the
+#: batch's live channels: ``{epoch}\n*{first seq}\n{JSON list of
+#: [seq, channel, fields]}``. Returns ``{epoch, first seq}``.
+PUBLISH_MANY = _publish_many_script("PUBLISH")
+SPUBLISH_MANY = _publish_many_script("SPUBLISH")
+
 #: KEYS: epoch, seq, heads, the channel's stream.
 #: ARGV: a new epoch should one be needed, the caller's epoch and highest seq
 #: seen (the fence), history size, channel, pub/sub channel, then the event's
@@ -326,4 +379,6 @@ LIVE_PROCESSES = _PRUNE + "return redis.call('ZRANGE', KEYS[1], 0, -1)\n"
 
 PUBLISH_SHA = hashlib.sha1(PUBLISH.encode()).hexdigest()
 SPUBLISH_SHA = hashlib.sha1(SPUBLISH.encode()).hexdigest()
+PUBLISH_MANY_SHA = hashlib.sha1(PUBLISH_MANY.encode()).hexdigest()
+SPUBLISH_MANY_SHA = hashlib.sha1(SPUBLISH_MANY.encode()).hexdigest()
 RESUME_SHA = hashlib.sha1(RESUME.encode()).hexdigest()

@@ -51,6 +51,10 @@ class Recorder:
         self.resets.append({"reason": reason, "position": position, "after": len(self.seqs)})
         self.seqs.append(-seq)  # a marker in the sequence: "reset to seq"
 
+    def deliver_batch(self, messages: list[Message], payload: bytes) -> None:
+        for message in messages:
+            self.deliver(message)
+
     def replay(self, messages: list[Message]) -> None:
         for message in messages:
             self.deliver(message)
