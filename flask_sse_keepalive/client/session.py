@@ -68,6 +68,7 @@ class Session(Generic[HttpClient]):
         channels: Sequence[str] | None = None,
         last_event_id: str | None = None,
         params: Params | Callable[[], Params] | None = None,
+        token: str | Callable[[], str] | None = None,
         headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
         heartbeat: float | None = None,
         client: HttpClient | None = None,
@@ -86,6 +87,11 @@ class Session(Generic[HttpClient]):
             raise TypeError("channels must be a list of names, not a str")
         self._channels = None if channels is None else list(channels)
         self._params = params
+        if token is not None and not (isinstance(token, str) or callable(token)):
+            raise TypeError("token must be a str or a function returning one")
+        self._token = token
+        #: a 401 was answered by asking the token function again
+        self._token_renewed = False
         self._headers = headers
         self._heartbeat = _positive("heartbeat", heartbeat)
         self._timeout = _positive("timeout", timeout, optional=False)
@@ -233,6 +239,11 @@ class Session(Generic[HttpClient]):
         params = self._params() if callable(self._params) else self._params
         if params:
             url = url.copy_merge_params(params)
+        if self._token is not None:
+            token = self._token() if callable(self._token) else self._token
+            if not isinstance(token, str):
+                raise TypeError(f"the token function returned {type(token).__name__}, not a str")
+            url = url.copy_set_param("token", token)
         headers = httpx.Headers(
             {
                 "Accept": "text/event-stream",
@@ -263,6 +274,11 @@ class Session(Generic[HttpClient]):
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             self._lost("http", status=status, retry_after=retry_after)
             return False
+        if status == 401 and callable(self._token) and not self._token_renewed:
+            # The token expired or was revoked: a fresh one, at once, once.
+            self._token_renewed = True
+            self._lost("http", status=status, retry_after=0.0)
+            return False
         if status == 200:
             reason = f"not an event stream: Content-Type {content_type or 'missing'}"
         self._state = "closed"
@@ -270,6 +286,7 @@ class Session(Generic[HttpClient]):
         raise StreamRefused(status, reason.strip()[:REASON_LENGTH], str(response.request.url))
 
     def _opened(self, response: httpx.Response) -> None:
+        self._token_renewed = False
         self._opened_at = time.monotonic()
         self._state = "open"
         self._stats.connects += 1

@@ -177,6 +177,12 @@ class SSEClient(Session[httpx.Client]):
         connects resume after the last id received).
     :param params: more query parameters, or a function returning them,
         called before every attempt.
+    :param token: a subscribe token (:meth:`SSE.token
+        <flask_sse_keepalive.SSE.token>`), sent as ``?token=``, or a function
+        returning one, called before every attempt (so that a service can
+        fetch a fresh one). When the server refuses a token with ``401``, a
+        function is called once more at once; a second ``401`` in a row, or a
+        ``401`` for a fixed token, raises :class:`StreamRefused`.
     :param headers: more request headers (cookies, auth), or a function
         returning them, called before every attempt.
     :param heartbeat: ask the server for a heartbeat every this many seconds
@@ -219,6 +225,7 @@ class SSEClient(Session[httpx.Client]):
         channels: Sequence[str] | None = None,
         last_event_id: str | None = None,
         params: Params | Callable[[], Params] | None = None,
+        token: str | Callable[[], str] | None = None,
         headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
         heartbeat: float | None = None,
         client: httpx.Client | None = None,
@@ -240,6 +247,7 @@ class SSEClient(Session[httpx.Client]):
             channels=channels,
             last_event_id=last_event_id,
             params=params,
+            token=token,
             headers=headers,
             heartbeat=heartbeat,
             client=client,
