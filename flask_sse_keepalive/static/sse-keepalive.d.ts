@@ -52,6 +52,12 @@ export interface SSEKeepaliveOptions {
   stopOn?: number[];
   /** Extra request headers, or a function returning them, evaluated on every connect. */
   headers?: Record<string, string> | (() => Record<string, string>) | null;
+  /**
+   * A subscribe token (sse.token() on the server), sent as ?token=, or a
+   * function returning one or a promise of one, called before every connect;
+   * after a 401 a function is called once more, at once. Default null.
+   */
+  token?: string | (() => string | Promise<string>) | null;
   /** While navigator.onLine is false, wait for "online" instead of retrying. Default true. */
   pauseOffline?: boolean;
   /** URLs to fail over to, in order, after the current one keeps failing. */

@@ -261,6 +261,7 @@ var DEFAULTS = {
   lastEventId: null,
   withCredentials: false,
   headers: null,
+  token: null,
   retry: 3000,
   maxRetry: 30000,
   heartbeat: "auto",
@@ -330,6 +331,7 @@ class SSEKeepalive extends EventTarget {
     this._heartbeatAsk = this._heartbeatBase;
     this._heartbeatAsked = null;
     this._generation = 0; // bumped on every drop: late callbacks of old connections are ignored
+    this._tokenRenewed = false; // a 401 was answered by asking the token function again
     this._abort = null;
     this._retryTimer = null;
     this._watchdogTimer = null;
@@ -435,13 +437,14 @@ class SSEKeepalive extends EventTarget {
     return this._opts.heartbeat === "auto" && this._opts.heartbeatInterval == null;
   }
 
-  _requestURL() {
+  _requestURL(token) {
     var heartbeat = this._heartbeatParam();
     var inQuery = this._resumeInQuery();
     this._heartbeatAsked = heartbeat;
     // The URL is rebuilt only when a parameter is added: as given otherwise.
-    if (!inQuery && heartbeat == null) return this.currentUrl;
+    if (!inQuery && heartbeat == null && token == null) return this.currentUrl;
     var url = new URL(this.currentUrl);
+    if (token != null) url.searchParams.set("token", String(token));
     if (inQuery) {
       url.searchParams.delete("last_event_id");
       if (this._lastEventId) url.searchParams.set("last_event_id", this._lastEventId);
@@ -480,8 +483,12 @@ class SSEKeepalive extends EventTarget {
     var doFetch = this._opts.fetch || fetch;
     var response;
     try {
-      // Inside the try: a throwing `headers` function counts as a failed attempt.
-      response = await doFetch(this._requestURL(), {
+      // Inside the try: a throwing `headers` or `token` function (or a
+      // rejected promise of a token) counts as a failed attempt.
+      var token = this._opts.token;
+      if (typeof token === "function") token = await token();
+      if (generation !== this._generation) return; // closed while the token came
+      response = await doFetch(this._requestURL(token), {
         method: "GET",
         headers: this._requestHeaders(),
         credentials: this._withCredentials ? "include" : "same-origin",
@@ -496,7 +503,15 @@ class SSEKeepalive extends EventTarget {
     var status = response.status;
     var contentType = (response.headers.get("Content-Type") || "").toLowerCase();
     if (status === 200 && contentType.indexOf("text/event-stream") === 0) {
+      this._tokenRenewed = false;
       await this._read(response, generation);
+      return;
+    }
+    if (status === 401 && typeof this._opts.token === "function" && !this._tokenRenewed) {
+      // The token expired or was revoked: ask for a fresh one, at once, once.
+      this._tokenRenewed = true;
+      if (response.body) response.body.cancel().catch(function () {});
+      this._drop({ reason: "http", status: status }, 0);
       return;
     }
     var message = "";

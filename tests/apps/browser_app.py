@@ -21,6 +21,7 @@ from flask import Flask, Response, g, jsonify, render_template_string, request
 from flask_sse_keepalive import SSE
 
 app = Flask(__name__)
+app.config["SECRET_KEY"] = "browser-app-secret"  # for subscribe tokens
 for key, value in os.environ.items():
     if key.startswith("SSE_"):
         app.config[key] = value
@@ -67,6 +68,13 @@ def publish() -> Response:
     return jsonify(ids=ids)
 
 
+@app.post("/control/token")
+def token() -> Response:
+    """A subscribe token, as a page's own endpoint would give one."""
+    body = request.get_json()
+    return jsonify(token=sse.token(body["channels"], expires_in=body.get("expires_in", 600)))
+
+
 @app.get("/control/requests")
 def requests_seen() -> Response:
     return jsonify(_requests[request.args["key"]])
@@ -80,6 +88,7 @@ def _record() -> int:
         "last_event_id": request.headers.get("Last-Event-ID"),
         "origin": request.headers.get("Origin"),
         "heartbeat": request.args.get("heartbeat"),
+        "token": request.args.get("token"),
     }
     seen.append(g.recorded)
     return len(seen) - 1
