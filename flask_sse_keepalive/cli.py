@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import sys
-import time
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import click
 from flask import current_app
@@ -81,13 +79,20 @@ def stats_command(everywhere: bool) -> None:
 )
 @click.option("--last-event-id", default=None, help="Resume after this event id.")
 @click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N events.")
+@click.option("--token", default=None, help="A subscribe token, for a server that requires one.")
 def tail_command(
-    channels: tuple[str, ...], url: str, last_event_id: str | None, count: int | None
+    channels: tuple[str, ...],
+    url: str,
+    last_event_id: str | None,
+    count: int | None,
+    token: str | None,
 ) -> None:
     """Print the events of CHANNELS as JSON lines as they arrive.
 
-    Reads the stream of a running server (so it works with any broker), and
-    resumes with the last id it printed when the connection drops.
+    Reads the stream of a running server (so it works with any broker) with
+    the package's Python client: it reconnects after a drop, a restart or a
+    503, resumes after the last id it printed, and prints a stream-reset like
+    any other event. A refusal (400, 401, 403, 404) ends it.
     """
     for channel in channels:
         problem = channel_problem(channel)
@@ -96,80 +101,27 @@ def tail_command(
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise click.BadParameter(f"not an http(s) URL: {url!r}", param_hint="--url")
-    path = parts.path.rstrip("/") + current_app.config["SSE_URL_PREFIX"]
-    path += "?" + urlencode([("channel", c) for c in channels])
+    from .client import Reconnect, SSEClient, StreamRefused
+
+    def reconnecting(info: Reconnect) -> None:
+        why = f"{info.status} from the server" if info.status else info.reason
+        click.echo(f"connection lost ({why}); reconnecting in {info.delay:.1f} s", err=True)
+
+    stream_url = url.rstrip("/") + current_app.config["SSE_URL_PREFIX"]
     printed = 0
-    delay = 0.5
-    while count is None or printed < count:
-        wait = delay
-        try:
-            for event in _read_stream(parts, path, last_event_id):
-                click.echo(json.dumps(event, ensure_ascii=False))
-                delay = 0.5
-                if event.get("id") is not None:
-                    last_event_id = event["id"]
+    try:
+        with SSEClient(
+            stream_url,
+            channels=list(channels),
+            last_event_id=last_event_id,
+            token=token,
+            on_reconnect=reconnecting,
+        ) as client:
+            for event in client:
+                line = {"id": event.id or None, "event": event.event, "data": event.data}
+                click.echo(json.dumps(line, ensure_ascii=False))
                 printed += 1
                 if count is not None and printed >= count:
                     return
-        except _Unavailable as exc:
-            wait = max(delay, exc.retry_after)
-            click.echo(f"{exc}; retrying in {wait:.1f} s", err=True)
-        except (OSError, http.client.HTTPException) as exc:
-            click.echo(f"connection lost ({exc}); reconnecting in {wait:.1f} s", err=True)
-        time.sleep(wait)
-        delay = min(delay * 2, 10.0)
-
-
-class _Unavailable(Exception):
-    """The server answered 5xx: try again later."""
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def _read_stream(parts: Any, path: str, last_event_id: str | None) -> Any:
-    """Yield the events of one connection as dicts; return when it ends."""
-    connection_class = (
-        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    )
-    connection = connection_class(parts.hostname, parts.port, timeout=120)
-    headers = {"Accept": "text/event-stream"}
-    if last_event_id:
-        headers["Last-Event-ID"] = last_event_id
-    try:
-        connection.request("GET", path, headers=headers)
-        response = connection.getresponse()
-        if response.status != 200:
-            body = response.read(500).decode("utf-8", "replace").strip()
-            message = f"{response.status} from the server: {body}"
-            if response.status >= 500:
-                retry_after = response.getheader("Retry-After") or ""
-                raise _Unavailable(message, float(retry_after) if retry_after.isdigit() else 0)
-            raise click.ClickException(message)
-        fields: dict[str, Any] = {}
-        data: list[str] = []
-        while True:
-            raw = response.readline()
-            if not raw:
-                return
-            line = raw.decode("utf-8").rstrip("\r\n")
-            if line == "":
-                if data:
-                    yield {
-                        "id": fields.get("id"),
-                        "event": fields.get("event"),
-                        "data": "\n".join(data),
-                    }
-                fields, data = {}, []
-            elif line.startswith(":"):
-                continue
-            else:
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "data":
-                    data.append(value)
-                elif name in ("id", "event"):
-                    fields[name] = value
-    finally:
-        connection.close()
+    except StreamRefused as refused:
+        raise click.ClickException(f"{refused.status} from the server: {refused.reason}") from None

@@ -116,10 +116,11 @@ def test_a_hup_reload_moves_streams_to_the_new_worker(gunicorn) -> None:
 
 
 def test_max_requests_recycling_ends_streams_at_once(gunicorn) -> None:
-    server = gunicorn(APP, env={"SSE_HEARTBEAT_INTERVAL": "30"}, args=("--max-requests", "3"))
-    old_worker = stats(server)["pid"]  # request 1
-    stream = RawStream(server.port, "/stream?channel=a")  # request 2
-    wait_until(lambda: stats(server)["connections"] == 1, 5, "the stream")  # request 3: recycle
+    # Request 1 is the fixture's readiness check.
+    server = gunicorn(APP, env={"SSE_HEARTBEAT_INTERVAL": "30"}, args=("--max-requests", "4"))
+    old_worker = stats(server)["pid"]  # request 2
+    stream = RawStream(server.port, "/stream?channel=a")  # request 3
+    wait_until(lambda: stats(server)["connections"] == 1, 5, "the stream")  # request 4: recycle
     started = time.monotonic()
     stream.read_to_end(5)
     assert time.monotonic() - started < 2
@@ -646,7 +647,7 @@ def test_cli_tail_waits_out_a_503(gunicorn, start_tail) -> None:
     ids = publish(server, "at last", channel="news")
     out, err = finish(tail, 10)
     assert tail.returncode == 0, err
-    assert json.loads(out) == {"id": ids[0], "event": None, "data": "at last"}
+    assert json.loads(out) == {"id": ids[0], "event": "message", "data": "at last"}
     assert "503" in err
 
 
@@ -682,7 +683,7 @@ def test_cli_tail_prints_events_and_resumes(gunicorn) -> None:
     ids = publish(server, "first", channel="news") + publish(server, "second", channel="news")
     done = flask_cli("tail", "news", "--url", server.url, "--last-event-id", ids[0], "--count", "1")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"id": ids[1], "event": None, "data": "second"}
+    assert json.loads(done.stdout) == {"id": ids[1], "event": "message", "data": "second"}
 
 
 def test_connects_and_disconnects_are_logged_at_debug(gunicorn) -> None:

@@ -161,4 +161,4 @@ def test_flask_sse_tail_appends_the_url_prefix(prefixed) -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT), "SSE_URL_PREFIX": "/events/sse"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"id": ids[1], "event": None, "data": "second"}
+    assert json.loads(done.stdout) == {"id": ids[1], "event": "message", "data": "second"}
