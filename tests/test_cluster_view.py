@@ -24,9 +24,10 @@ def test_totals_add_up_counters_and_maps_and_tolerate_missing_figures() -> None:
         "connections": 2, "published": 5, "delivered": 7, "heartbeats": 1, "resets": 1,
         "slow": 0, "refused": 1, "connects": 3, "shutting_down": False,
         "channels": {"news": 2, "a": 1}, "disconnects": {"client": 1}, "modes": {"owned": 3},
-        "heartbeat_intervals": {"15": 2},
+        "heartbeat_intervals": {"15": 2}, "broker": {"reconnects": 1, "probes_lost": 0},
     }  # fmt: skip
-    two = {"connections": 1, "channels": {"news": 1}, "modes": {"direct": 1}, "shutting_down": True}
+    two = {"connections": 1, "channels": {"news": 1}, "modes": {"direct": 1}, "shutting_down": True,
+           "broker": {"reconnects": 2, "probes_lost": 1}}  # fmt: skip
     older = {"pid": 9}  # a process of a version that reports less
     assert totals([one, two, older]) == {
         "processes": 3, "shutting_down": 1,
@@ -34,6 +35,7 @@ def test_totals_add_up_counters_and_maps_and_tolerate_missing_figures() -> None:
         "slow": 0, "refused": 1, "connects": 3,
         "channels": {"a": 1, "news": 3}, "disconnects": {"client": 1},
         "modes": {"direct": 1, "owned": 3}, "heartbeat_intervals": {"15": 2},
+        "broker": {"probes_lost": 1, "reconnects": 3},
     }  # fmt: skip
     assert totals([])["processes"] == 0 and totals([])["channels"] == {}
 
