@@ -23,6 +23,7 @@ import errno
 import socket
 import time
 from collections.abc import Iterator, Sequence
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -38,6 +39,7 @@ from .stream import (
 )
 
 if TYPE_CHECKING:
+    from .brokers.base import Message
     from .state import AppState
 
 __all__ = ["DirectConnection"]
@@ -59,17 +61,7 @@ def frame(payload: bytes) -> bytes:
 
 #: The last payload framed and its frame: a fan-out hands the same payload
 #: object to every subscriber in turn, so it is framed once, not per stream.
-_framed: tuple[bytes, bytes] = (b"", frame(b""))
-
-
-def frame_shared(payload: bytes) -> bytes:
-    global _framed
-    last, frame_ = _framed
-    if payload is not last:
-        chunk = frame(payload)
-        _framed = (payload, chunk)
-        return chunk
-    return frame_
+_framed: list[bytes] = [b"", frame(b"")]
 
 
 class DirectConnection(Connection):
@@ -88,6 +80,7 @@ class DirectConnection(Connection):
         "_heartbeat",
         "_partial",
         "_raw",
+        "_ready",
         "_sock",
         "_waiter",
         "_waker",
@@ -130,6 +123,9 @@ class DirectConnection(Connection):
         self._busy = False
         #: a write failed part-way: the body's framing cannot be completed
         self._broken = False
+        #: the fan-out may send now: live, nothing queued or half-sent, no
+        #: write under way, not closing (see _update_ready)
+        self._ready = False
         self._heartbeat: Any = None
         self._writable: Any = None
         hub = gevent.get_hub()
@@ -138,30 +134,62 @@ class DirectConnection(Connection):
 
     # -- the write path: from the fan-out, never blocking ------------------------
 
+    def deliver(self, message: Message) -> None:
+        # The hot path, once per event per stream: what Connection.deliver and
+        # _send do, in one call and a handful of slot reads.
+        seq = message.seq
+        if seq <= self._last_seq:
+            return
+        self._last_seq = seq
+        self._stats.delivered += 1
+        if self._ready:
+            self._write_now(message.payload)
+        else:
+            self._queue(message.payload)
+
     def _send(self, payload: bytes) -> None:
-        if (
+        if self._ready:
+            self._write_now(payload)
+        else:
+            self._queue(payload)
+
+    def _write_now(self, payload: bytes) -> None:
+        """Send without blocking; what the socket does not take waits for
+        this connection's greenlet."""
+        if not self._chunked:
+            data = payload
+        elif payload is _framed[0]:
+            data = _framed[1]
+        else:
+            data = _framed[1] = frame(payload)
+            _framed[0] = payload
+        try:
+            sent = self._raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._ready = False
+            self._broken = True
+            self._failed(exc)
+            return
+        self._last_write = _monotonic()
+        if sent != len(data):
+            self._partial = data[sent:]
+            self._ready = False
+            self._wake()
+
+    def _queue(self, payload: bytes) -> None:
+        self._ready = False
+        super()._queue(payload)
+
+    def _update_ready(self) -> None:
+        self._ready = (
             self._live
             and not self._busy
             and not self._pending
             and not self._partial
             and self._close_reason is None
-        ):
-            data = frame_shared(payload) if self._chunked else payload
-            try:
-                sent = self._raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self._broken = True
-                self._failed(exc)
-                return
-            self._last_write = time.monotonic()
-            if sent == len(data):
-                return
-            self._partial = data[sent:]
-            self._wake()
-            return
-        self._queue(payload)
+        )
 
     def _wake(self) -> None:
         self._waker.set()
@@ -174,6 +202,7 @@ class DirectConnection(Connection):
     def close(self, reason: CloseReason, *, abort: bool | None = None) -> None:
         if self._close_reason is not None:
             return
+        self._ready = False
         super().close(reason, abort=abort)
         if self._busy and not self._aborted:
             # A client that reads slowly is being written to: give the write
@@ -200,6 +229,7 @@ class DirectConnection(Connection):
             yield first + self._take() if queued <= FIRST_CHUNK_LIMIT else first
             self._last_write = time.monotonic()
             self._live = True
+            self._update_ready()
             if self.mode == "owned":
                 self._take_socket()
                 handed_over = True
@@ -311,6 +341,7 @@ class DirectConnection(Connection):
     def _flush(self) -> None:
         """Write the backlog (blocking this greenlet only) or end the stream."""
         self._busy = True
+        self._ready = False
         try:
             data = self._partial
             self._partial = b""
@@ -325,6 +356,7 @@ class DirectConnection(Connection):
             self._failed(exc)
         finally:
             self._busy = False
+            self._update_ready()
 
     def _write(self, data: bytes) -> None:
         """Write all of ``data``; fail if the socket takes nothing for

@@ -119,6 +119,7 @@ class Connection:
         "_replaying",
         "_send_timeout",
         "_state",
+        "_stats",
         "_subscribed",
         "channels",
         "client_key",
@@ -152,6 +153,7 @@ class Connection:
         self.expires_at = expires_at
         self.mode: Mode = "iterator" if gevent_patched() else "threaded"
         self._state = state
+        self._stats = state.stats
         settings = state.settings
         self.heartbeat_interval = heartbeat_interval or settings.heartbeat_interval
         self._queue_size = settings.queue_size
@@ -185,7 +187,7 @@ class Connection:
         if message.seq <= self._last_seq:
             return
         self._last_seq = message.seq
-        self._state.stats.delivered += 1
+        self._stats.delivered += 1
         self._send(message.payload)
 
     def deliver_batch(self, messages: Sequence[Message], payload: bytes) -> None:

@@ -14,7 +14,7 @@ import heapq
 import secrets
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ..event import Event
 from .base import Broker, Message, Published, ResumeError, Subscriber, format_id, parse_id
@@ -23,7 +23,7 @@ __all__ = ["MemoryBroker"]
 
 
 class _Channel:
-    __slots__ = ("_snapshot", "evicted_upto", "history", "subscribers")
+    __slots__ = ("_delivers", "_snapshot", "evicted_upto", "history", "subscribers")
 
     def __init__(self, history_size: int) -> None:
         self.history: deque[Message] = deque(maxlen=history_size)
@@ -31,14 +31,15 @@ class _Channel:
         self.evicted_upto = 0
         self.subscribers: dict[Subscriber, None] = {}
         self._snapshot: tuple[Subscriber, ...] | None = ()
+        self._delivers: tuple[Callable[[Message], None], ...] | None = ()
 
     def add(self, subscriber: Subscriber) -> None:
         self.subscribers[subscriber] = None
-        self._snapshot = None
+        self._snapshot = self._delivers = None
 
     def remove(self, subscriber: Subscriber) -> None:
         if self.subscribers.pop(subscriber, 0) is None:
-            self._snapshot = None
+            self._snapshot = self._delivers = None
 
     def snapshot(self) -> tuple[Subscriber, ...]:
         """The subscribers as a tuple a fan-out can iterate while a delivery
@@ -48,6 +49,14 @@ class _Channel:
         if snapshot is None:
             snapshot = self._snapshot = tuple(self.subscribers)
         return snapshot
+
+    def delivers(self) -> tuple[Callable[[Message], None], ...]:
+        """The subscribers' bound ``deliver`` methods, as :meth:`snapshot`
+        (the fan-out's loop then looks nothing up per subscriber)."""
+        delivers = self._delivers
+        if delivers is None:
+            delivers = self._delivers = tuple(s.deliver for s in self.snapshot())
+        return delivers
 
 
 class MemoryBroker(Broker):
@@ -80,8 +89,8 @@ class MemoryBroker(Broker):
             if len(state.history) == self._history_size:
                 state.evicted_upto = state.history[0].seq
             state.history.append(message)
-            for subscriber in state.snapshot():
-                subscriber.deliver(message)
+            for deliver in state.delivers():
+                deliver(message)
         return Published(message.id, message.seq)
 
     def publish_many(self, events: Sequence[tuple[str, Event]]) -> list[Published]:
