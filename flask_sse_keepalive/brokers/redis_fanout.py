@@ -78,10 +78,13 @@ class _Lost(Exception):
 class _Record:
     """A local subscriber and where it stands."""
 
-    __slots__ = ("channels", "epoch", "forced", "held", "last", "positioned", "subscriber")
+    __slots__ = (
+        "channels", "deliver", "epoch", "forced", "held", "last", "positioned", "subscriber",
+    )  # fmt: skip
 
     def __init__(self, subscriber: Subscriber, last_event_id: str | None) -> None:
         self.subscriber = subscriber
+        self.deliver = subscriber.deliver
         self.channels = tuple(dict.fromkeys(subscriber.channels))
         #: live events held until the record is positioned; ``None`` once live
         self.held: list[tuple[str, Message]] | None = []
@@ -175,6 +178,9 @@ class Fanout:
         self.probes_lost = 0
         self.lock = threading.RLock()
         self.records: dict[int, _Record] = {}
+        #: the records of each channel with local subscribers ...
+        self.members: dict[str, dict[_Record, None]] = {}
+        #: ... and as tuples, made once per change, for the fan-out to iterate
         self.by_channel: dict[str, tuple[_Record, ...]] = {}
         #: records waiting to be positioned (by the supervisor)
         self.pending: dict[int, _Record] = {}
@@ -200,9 +206,14 @@ class Fanout:
                 self.detach(subscriber)
             self.records[key] = record
             for channel in record.channels:
-                if channel not in self.by_channel:
+                members = self.members.get(channel)
+                if members is None:
+                    members = self.members[channel] = {}
                     self.dirty = True
-                self.by_channel[channel] = (*self.by_channel.get(channel, ()), record)
+                members[record] = None
+                # Made again at the next message, not at every attach: opening
+                # N streams on a channel stays O(N).
+                self.by_channel.pop(channel, None)
             self.pending[key] = record
             if self.supervisor is None or not self.supervisor.is_alive():
                 self.supervisor = threading.Thread(
@@ -220,22 +231,34 @@ class Fanout:
                 return
             self.pending.pop(key, None)
             for channel in record.channels:
-                left = tuple(r for r in self.by_channel.get(channel, ()) if r is not record)
-                if left:
-                    self.by_channel[channel] = left
-                else:
-                    self.by_channel.pop(channel, None)
+                members = self.members.get(channel)
+                if members is None:
+                    continue
+                members.pop(record, None)
+                self.by_channel.pop(channel, None)
+                if not members:
+                    del self.members[channel]
                     self.dirty = True
         if self.dirty:
             self.wake.set()
 
     def counts(self) -> dict[str, int]:
         with self.lock:
-            return {channel: len(records) for channel, records in self.by_channel.items()}
+            return {channel: len(records) for channel, records in self.members.items()}
 
     def count(self, channel: str) -> int:
-        # No lock: a channel's records are a tuple, replaced whole.
-        return len(self.by_channel.get(channel, ()))
+        # No lock: taking a dict's length is atomic.
+        return len(self.members.get(channel, ()))
+
+    def _records(self, channel: str) -> tuple[_Record, ...]:
+        """The records of ``channel`` as a tuple (called with the lock held)."""
+        records = self.by_channel.get(channel)
+        if records is None:
+            members = self.members.get(channel)
+            if not members:
+                return ()
+            records = self.by_channel[channel] = tuple(members)
+        return records
 
     def close(self) -> None:
         _running.discard(self)
@@ -289,23 +312,25 @@ class Fanout:
         epoch, seq = epoch_b.decode(), int(seq_b)
         message: Message | None = None
         with self.lock:
-            records = self.by_channel.get(channel)
+            records = self._records(channel)
             if not records:
                 return  # being unsubscribed: the channel's last subscriber left
             message = message_from_fields(epoch, seq, channel, decode_fields(json.loads(flat)))
             self.high_water.note(epoch, seq)
             for record in records:
-                if record.held is not None:
+                if record.held is None and record.epoch == epoch:
+                    # The common case: a live stream of this epoch.
+                    if seq > record.last:
+                        record.last = seq
+                        record.deliver(message)
+                elif record.held is not None:
                     record.held.append((epoch, message))
-                elif record.epoch != epoch:
+                else:
                     # Redis lost its data (flushed) without dropping the
                     # connection: find out where things stand first.
                     record.held = [(epoch, message)]
                     self.pending[id(record.subscriber)] = record
                     self.wake.set()
-                elif seq > record.last:
-                    record.subscriber.deliver(message)
-                    record.last = seq
 
     def _on_batch(self, batch: tuple[str, bytes], entries: list[Any]) -> None:
         """The events of one ``publish_many``. The batch comes on each of its
@@ -318,7 +343,7 @@ class Fanout:
             self.last_batch = batch
             messages: dict[str, list[Message]] = {}
             for seq, channel, fields in entries:
-                if channel in self.by_channel:
+                if channel in self.members:
                     messages.setdefault(channel, []).append(
                         message_from_fields(epoch, int(seq), channel, decode_fields(fields))
                     )
@@ -328,7 +353,7 @@ class Fanout:
             joined = {c: b"".join(m.payload for m in ms) for c, ms in messages.items()}
             records: dict[int, _Record] = {}
             for channel in messages:
-                for record in self.by_channel[channel]:
+                for record in self._records(channel):
                     records[id(record)] = record
             for record in records.values():
                 mine = [c for c in record.channels if c in messages]
@@ -495,7 +520,7 @@ class Fanout:
     def _sync_subscriptions(self) -> None:
         with self.lock:
             self.dirty = False
-            wanted = set(self.by_channel)
+            wanted = set(self.members)
         gone = self.subscribed - wanted
         new = wanted - self.subscribed
         live = self.keys.live
