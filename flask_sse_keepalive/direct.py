@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -81,7 +82,6 @@ class DirectConnection(Connection):
         "_partial",
         "_raw",
         "_ready",
-        "_sock",
         "_waiter",
         "_waker",
         "_writable",
@@ -112,9 +112,8 @@ class DirectConnection(Connection):
             expires_at=expires_at,
         )
         self.mode = "owned" if hand_over else "direct"
-        #: the gevent socket (for blocking writes) ...
-        self._sock = sock
-        #: ... and the OS-level socket under it (for writes that never switch)
+        #: the OS-level socket under the server's gevent one: written without
+        #: blocking, waited on by this connection's own watchers
         self._raw: Any = sock._sock
         self._chunked = chunked
         #: the unsent end of a chunk the fan-out could only partly write
@@ -253,9 +252,12 @@ class DirectConnection(Connection):
         with the request's parser, environ and stack: an open stream costs this
         object, one greenlet and the socket, not a parked request handler.
         """
-        own = self._sock.dup()  # the socket options, TCP_USER_TIMEOUT too, go with it
-        self._sock = own
-        self._raw = self._cut = own._sock
+        # A plain socket on a duplicate descriptor (its options, TCP_USER_TIMEOUT
+        # too, go with it): written without blocking, waited on by watchers of
+        # our own, so no gevent socket is needed, nor its cost at close.
+        own = socket.socket(fileno=os.dup(self._raw.fileno()))
+        own.setblocking(False)
+        self._raw = self._cut = own
 
     def _serve_owned(self, producer: Producer | None) -> None:
         reason: CloseReason = "error"
@@ -267,13 +269,15 @@ class DirectConnection(Connection):
                 raise
         finally:
             self._release(reason, producer)
-            self._sock.close()
+            self._raw.close()
 
     def _set_nodelay(self) -> None:
         # Events are small and latency matters more than packet count; the
         # writes are already coalesced when a backlog forms.
-        with contextlib.suppress(OSError):  # not TCP: a unix socket behind a proxy
+        try:  # noqa: SIM105 (contextlib.suppress costs more, once per stream)
             self._raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP: a unix socket behind a proxy
 
     def _serve(self, producer: Producer | None) -> CloseReason:
         """Own the socket until the stream ends; return the reason.
@@ -292,7 +296,6 @@ class DirectConnection(Connection):
         if producer is not None:
             producer.start(self)
         self._watch_eof(loop)
-        self._writable = loop.io(self._raw.fileno(), 2)
         self._arm_heartbeat(loop, self.heartbeat_interval)
         lifetime = None
         if self._deadline is not None:
@@ -309,13 +312,14 @@ class DirectConnection(Connection):
                     waiter.get()
                 finally:
                     waiter.clear()
+            reason = self._close_reason or "server"
+            self._finish(reason)
         finally:
-            self._writable.close()
+            if self._writable is not None:
+                self._writable.close()
             self._heartbeat.close()
             if lifetime is not None:
                 lifetime.close()
-        reason = self._close_reason or "server"
-        self._finish(reason)
         return reason
 
     def _arm_heartbeat(self, loop: Any, delay: float) -> None:
@@ -328,15 +332,16 @@ class DirectConnection(Connection):
         if self._close_reason is not None:
             return
         interval = self.heartbeat_interval
-        silent = time.monotonic() - self._last_write
+        silent = _monotonic() - self._last_write
         # A timer may fire a hair before the clock reaches its due time;
         # without the slack that would cost a second wake-up.
         if silent >= interval * 0.99:
-            if not (self._busy or self._pending or self._partial):
-                self._state.stats.heartbeats += 1
-                self._send(HEARTBEAT)
+            if self._ready:
+                self._stats.heartbeats += 1
+                self._write_now(HEARTBEAT)
             silent = 0.0
-        self._arm_heartbeat(loop, interval - silent)
+        self._heartbeat = timer = loop.timer(interval - silent)
+        timer.start(self._beat, loop)
 
     def _flush(self) -> None:
         """Write the backlog (blocking this greenlet only) or end the stream."""
@@ -358,9 +363,10 @@ class DirectConnection(Connection):
             self._busy = False
             self._update_ready()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, timeout: float | None = None) -> None:
         """Write all of ``data``; fail if the socket takes nothing for
-        ``SSE_SEND_TIMEOUT`` (a slow reader that makes progress is kept)."""
+        ``timeout`` (``SSE_SEND_TIMEOUT``): a slow reader that makes progress
+        is kept."""
         view = memoryview(data)
         try:
             while view:
@@ -370,8 +376,10 @@ class DirectConnection(Connection):
                     sent = 0
                 if sent:
                     view = view[sent:]
-                else:
-                    wait_on_watcher(self._writable, self._send_timeout, SendTimeout)
+                    continue
+                if self._writable is None:  # made at the first full socket
+                    self._writable = self._waker.loop.io(self._raw.fileno(), 2)
+                wait_on_watcher(self._writable, timeout or self._send_timeout, SendTimeout)
         except BaseException:
             self._broken = True
             raise
@@ -389,13 +397,14 @@ class DirectConnection(Connection):
             data = self._farewell(reason) if reason in FAREWELL_REASONS else b""
             if self._chunked:
                 data = (frame(data) if data else b"") + b"0\r\n\r\n"  # the last chunk
-            try:
-                # Bounded: a stalled client must not hold up a worker's shutdown.
-                with gevent.Timeout(CLOSE_GRACE, SendTimeout):
-                    self._sock.sendall(data)
-            except (OSError, SendTimeout):
-                pass
-        self.cut()
+            # Bounded: a stalled client must not hold up a worker's shutdown.
+            with contextlib.suppress(OSError, SendTimeout):
+                self._write(data, CLOSE_GRACE)
+        if self.mode != "owned":
+            # The server holds the socket too: shut it, so the client sees the
+            # end now. An owned socket's close (ours is its only descriptor)
+            # sends the FIN by itself.
+            self.cut()
 
 
 class Waker:

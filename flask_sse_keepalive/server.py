@@ -24,10 +24,16 @@ FIX = (
 )
 
 
+_patched = False
+
+
 def gevent_patched() -> bool:
     """Whether gevent has patched the standard library's sockets."""
-    monkey = sys.modules.get("gevent.monkey")
-    return bool(monkey is not None and monkey.is_module_patched("socket"))
+    global _patched
+    if not _patched:  # once patched, a process stays so: asked once per stream
+        monkey = sys.modules.get("gevent.monkey")
+        _patched = bool(monkey is not None and monkey.is_module_patched("socket"))
+    return _patched
 
 
 def is_dev_server(environ: dict[str, Any]) -> bool:
@@ -48,9 +54,10 @@ def _server_socket(environ: dict[str, Any]) -> Any:
 
 def _http1(environ: dict[str, Any]) -> bool:
     # HTTP/2 streams share one socket: no stream may write to it or cut it.
+    # (gunicorn says HTTP/2.0 there, and gives such requests trailers.)
     if not str(environ.get("SERVER_PROTOCOL", "")).startswith("HTTP/1"):
         return False
-    return not any(key.startswith("gunicorn.http2") for key in environ)
+    return "gunicorn.http2.send_trailers" not in environ
 
 
 def client_socket(environ: dict[str, Any]) -> Any:

@@ -84,11 +84,11 @@ class AppState:
         self.intervals: Counter[float] = Counter()
         self.shutting_down = False
         self._broker: Broker | None = None
-        self._broker_pid = 0
         self._checked_pid = 0
         #: this state's name in the cluster view, per process: (pid, token)
         self._identity = (0, "")
         self._lock = threading.Lock()
+        _every_state.add(self)
 
     @property
     def app(self) -> Flask:
@@ -99,11 +99,11 @@ class AppState:
 
     @property
     def broker(self) -> Broker:
-        """The broker, made in the process that uses it (not before a fork)."""
-        pid = os.getpid()
-        if self._broker is None or self._broker_pid != pid:
+        """The broker, made in the process that uses it (a forked child makes its own)."""
+        broker = self._broker
+        if broker is None:
             with self._lock:
-                if self._broker is None or self._broker_pid != pid:
+                if self._broker is None:
                     settings = self.settings
                     self._broker = create_broker(
                         settings.broker_url,
@@ -111,8 +111,8 @@ class AppState:
                         redis_prefix=settings.redis_prefix,
                         redis_probe_interval=settings.redis_probe_interval,
                     )
-                    self._broker_pid = pid
-        return self._broker
+                broker = self._broker
+        return broker
 
     def figures(self) -> Figures:
         """This process's figures for the app: what :meth:`SSE.stats` returns,
@@ -182,13 +182,14 @@ class AppState:
             self.per_client[client_key] += 1
         self.stats.connects += 1
         self.stats.modes[connection.mode] += 1
-        log.debug(
-            "stream %s opened: channels=%s last_event_id=%s mode=%s",
-            connection.id,
-            ",".join(connection.channels),
-            connection.last_event_id,
-            connection.mode,
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "stream %s opened: channels=%s last_event_id=%s mode=%s",
+                connection.id,
+                ",".join(connection.channels),
+                connection.last_event_id,
+                connection.mode,
+            )
         self.send(signals.client_connected, connection=connection)
 
     def release(self, connection: Connection, reason: CloseReason) -> None:
@@ -241,6 +242,19 @@ def _restart_clock() -> None:
 
 
 os.register_at_fork(after_in_child=_restart_clock)
+
+#: every state made in this process, so that a forked child makes its own brokers
+_every_state: weakref.WeakSet[AppState] = weakref.WeakSet()
+
+
+def _new_brokers_in_child() -> None:
+    # Connections, threads and a memory broker's history belong to the
+    # process that made them (a gunicorn master that preloads the app).
+    for state in list(_every_state):
+        state._broker = None
+
+
+os.register_at_fork(after_in_child=_new_brokers_in_child)
 
 _states: weakref.WeakSet[AppState] = weakref.WeakSet()
 _watcher: Any = None

@@ -10,6 +10,7 @@ the server cannot hold streams at all.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -74,7 +75,8 @@ def parse_channels(values: list[str], limit: int) -> list[str] | str:
 
 def parse_last_event_id() -> str | Response | None:
     """The resume point: the header wins over ``?last_event_id=``."""
-    value = request.headers.get("Last-Event-ID")
+    environ = request.environ  # read directly: a missing header costs nothing here
+    value = environ.get("HTTP_LAST_EVENT_ID")
     if value is None:
         value = request.args.get("last_event_id")
     if not value:
@@ -193,7 +195,7 @@ def stream_headers(state: AppState) -> dict[str, str]:
 def cors_headers(state: AppState) -> dict[str, str]:
     """``Access-Control-Allow-*`` for EventSource (which sends no preflight)."""
     origins = state.settings.cors_origins
-    origin = request.headers.get("Origin")
+    origin = request.environ.get("HTTP_ORIGIN")
     if not origins or not origin:
         return {}
     credentials = state.settings.cors_credentials
@@ -228,11 +230,14 @@ def preflight(state: AppState) -> Response:
     return response
 
 
+@functools.lru_cache(maxsize=256)
+def _first_bytes(retry_ms: int, heartbeat_interval: float) -> bytes:
+    return f"retry: {retry_ms}\n: {INTERVAL_COMMENT}{heartbeat_interval:g}\n\n".encode()
+
+
 def first_bytes(state: AppState, heartbeat_interval: float) -> bytes:
     """``retry`` and the interval this stream's heartbeats will keep."""
-    retry_ms = state.settings.retry_ms
-    interval = f"{heartbeat_interval:g}"
-    return f"retry: {retry_ms}\n: {INTERVAL_COMMENT}{interval}\n\n".encode()
+    return _first_bytes(state.settings.retry_ms, heartbeat_interval)
 
 
 def server_problem(state: AppState) -> Response | None:
