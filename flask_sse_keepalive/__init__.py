@@ -13,4 +13,4 @@ from .event import Event
 from .extension import SSE
 
 __all__ = ["SSE", "BrokerUnavailable", "Event", "sse_stream"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

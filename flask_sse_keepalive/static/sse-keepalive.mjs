@@ -19,7 +19,7 @@
  */
 
 var GLOBAL = typeof globalThis !== "undefined" ? globalThis : self;
-var VERSION = "0.1.0";
+var VERSION = "0.2.0";
 var CONNECTING = 0;
 var OPEN = 1;
 var CLOSED = 2;
