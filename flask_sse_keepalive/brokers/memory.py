@@ -81,14 +81,20 @@ class MemoryBroker(Broker):
             channel = self._channels[name] = _Channel(self._history_size)
         return channel
 
+    def _store(self, channel: str, event: Event) -> tuple[Message, _Channel]:
+        """Give ``event`` the next id and keep it in ``channel``'s history
+        (called with the lock held)."""
+        self._seq += 1
+        message = Message.of(event, self.epoch, self._seq, channel)
+        state = self._channel(channel)
+        if len(state.history) == self._history_size:
+            state.evicted_upto = state.history[0].seq
+        state.history.append(message)
+        return message, state
+
     def publish(self, channel: str, event: Event) -> Published:
         with self._lock:
-            self._seq += 1
-            message = Message.of(event, self.epoch, self._seq, channel)
-            state = self._channel(channel)
-            if len(state.history) == self._history_size:
-                state.evicted_upto = state.history[0].seq
-            state.history.append(message)
+            message, state = self._store(channel, event)
             for deliver in state.delivers():
                 deliver(message)
         return Published(message.id, message.seq)
@@ -98,12 +104,7 @@ class MemoryBroker(Broker):
             batch: dict[str, list[Message]] = {}
             published = []
             for channel, event in events:
-                self._seq += 1
-                message = Message.of(event, self.epoch, self._seq, channel)
-                state = self._channel(channel)
-                if len(state.history) == self._history_size:
-                    state.evicted_upto = state.history[0].seq
-                state.history.append(message)
+                message, _ = self._store(channel, event)
                 batch.setdefault(channel, []).append(message)
                 published.append(Published(message.id, message.seq))
             # One pass: each subscriber takes its events of the batch at once.

@@ -153,26 +153,22 @@ class _Process:
             try:
                 connection = self.pool.get_connection()
             except CONNECTION_ERRORS as exc:
-                # Nothing was sent: trying again cannot publish twice.
-                if time.monotonic() + delay > deadline:
-                    raise BrokerUnavailable(f"Redis is unreachable: {exc}") from exc
-                time.sleep(delay)
-                delay *= 2
-                continue
-            try:
-                epoch, seq = self._run(connection, command, script)
-            except NotExecuted as exc:
-                # A node that is not the primary (a failover, a moved slot)
-                # refused it: the event is not stored; the next connection
-                # finds the primary.
-                if time.monotonic() + delay > deadline:
-                    raise BrokerUnavailable(f"no Redis primary took the event: {exc}") from exc
-                time.sleep(delay)
-                delay *= 2
-                continue
-            finally:
-                self.pool.release(connection)
-            return epoch, seq
+                failure: Exception = exc
+                why = "Redis is unreachable"  # nothing was sent: trying again is safe
+            else:
+                try:
+                    return self._run(connection, command, script)
+                except NotExecuted as exc:
+                    # A node that is not the primary (a failover, a moved slot)
+                    # refused it: nothing is stored; the next connection finds
+                    # the primary.
+                    failure, why = exc, "no Redis primary took the event"
+                finally:
+                    self.pool.release(connection)
+            if time.monotonic() + delay > deadline:
+                raise BrokerUnavailable(f"{why}: {failure}") from failure
+            time.sleep(delay)
+            delay *= 2
 
     def _run(self, connection: Any, command: tuple[Any, ...], script: str) -> tuple[str, int]:
         try:
