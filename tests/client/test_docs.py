@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import ROOT
-from tests.test_docs import SNIPPETS, make_site, start_documented_server
+from tests.test_docs import SNIPPETS, make_site, run_pytest_in, start_documented_server
 
 
 def headlines(site: Path) -> list[str] | None:
@@ -87,17 +87,7 @@ def test_the_testing_guides_python_client_example_passes(tmp_path: Path) -> None
     # Python client example uses; as a conftest its own test is not collected.
     shutil.copy(SNIPPETS / "testing_gunicorn.py", site / "conftest.py")
     shutil.copy(SNIPPETS / "testing_python_client.py", site / "test_python_client.py")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", str(site)],
-        cwd=site,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout, result.stdout
+    run_pytest_in(site, 1)
 
 
 def test_every_public_name_of_the_client_has_a_docstring() -> None:
