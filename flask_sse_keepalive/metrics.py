@@ -101,6 +101,14 @@ class PrometheusMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self._intervals = Gauge(
+            f"{prefix}_streams_by_heartbeat",
+            "Open streams by the heartbeat interval they keep, in seconds",
+            ["interval"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._intervals_seen: set[str] = set()
         self._started = False
         self._start_timer()
 
@@ -114,6 +122,10 @@ class PrometheusMetrics:
                 self._advance(f"disconnects:{reason}", value, self._disconnects.labels(reason))
             self._connections.set(stats["connections"])
             self._channels.set(len(stats["channels"]))
+            intervals = stats["heartbeat_intervals"]
+            for interval in self._intervals_seen | set(intervals):
+                self._intervals.labels(interval).set(intervals.get(interval, 0))
+            self._intervals_seen |= set(intervals)
         self._start_timer()
 
     def _advance(self, key: str, value: float, counter: Any) -> None:

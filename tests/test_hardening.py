@@ -535,6 +535,7 @@ def test_prometheus_metrics(gunicorn) -> None:
     assert "sse_connections 1.0" in text
     assert "sse_published_total 2.0" in text
     assert "sse_delivered_total 2.0" in text
+    assert 'sse_streams_by_heartbeat{interval="15"} 1.0' in text
     stream.close()
     wait_until(lambda: stats(server)["connections"] == 0, 3, "the disconnect")
     text = httpx.get(f"{server.url}/metrics", timeout=5).text
