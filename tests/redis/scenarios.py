@@ -139,6 +139,15 @@ def seam(url: str) -> dict:
             )
             broker.attach(recorder, resume)
         assert publisher.returncode == 0, "the publishing process failed"
+        # A stream without an id is live from when the broker has positioned
+        # it (it says so: "subscribed"), not from when it attached: wait for
+        # each to be positioned before the last events, or one that attached
+        # just now would rightly miss them.
+        wait_until(
+            lambda: all(e["recorders"][-1].ready_at for e in logical if not e["left"]),
+            30,
+            "every subscriber to be positioned",
+        )
         # A last event on every channel, which every subscriber must reach.
         finals = {c: broker.publish(c, Event(data="end")).seq for c in channels}
         final = max(finals.values())
@@ -150,7 +159,10 @@ def seam(url: str) -> dict:
                 if not entry["left"]
             )
 
-        wait_until(caught_up, 30, "every subscriber to reach the last event of its channels")
+        try:
+            wait_until(caught_up, 30, "every subscriber to reach the last event of its channels")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}: {stuck(logical, finals, broker)}") from None
     finally:
         if publisher.poll() is None:
             publisher.kill()
@@ -185,6 +197,23 @@ def seam(url: str) -> dict:
         "events": final,
         "errors": errors,
     }
+
+
+def stuck(logical: list[dict], finals: dict[str, int], broker: RedisBroker) -> str:
+    """What the subscribers that did not catch up have, for the failure message."""
+    lines = []
+    for index, entry in enumerate(logical):
+        recorder = entry["recorders"][-1]
+        want = max(finals[c] for c in entry["channels"])
+        if entry["left"] or recorder.seqs[-1:] == [want]:
+            continue
+        lines.append(
+            f"subscriber {index} on {entry['channels']} after {entry['after']}"
+            f" (recorder {len(entry['recorders'])}): wants {want}, has {recorder.seqs[-5:]},"
+            f" resets {recorder.resets}, positioned with {recorder.ready_at} events"
+        )
+    lines.append(f"broker: {broker.health()}")
+    return "; ".join(lines[-20:])
 
 
 def publish(url: str, count: str, channels: str) -> dict:
