@@ -114,6 +114,11 @@ class AppState:
                 broker = self._broker
         return broker
 
+    def forget_broker(self) -> None:
+        """Make a new broker at the next use: in a forked child, the parent's
+        connections, threads and memory history are not this process's."""
+        self._broker = None
+
     def figures(self) -> Figures:
         """This process's figures for the app: what :meth:`SSE.stats` returns,
         and what the process reports to the cluster view. Safe to call from
@@ -251,7 +256,7 @@ def _new_brokers_in_child() -> None:
     # Connections, threads and a memory broker's history belong to the
     # process that made them (a gunicorn master that preloads the app).
     for state in list(_every_state):
-        state._broker = None
+        state.forget_broker()
 
 
 os.register_at_fork(after_in_child=_new_brokers_in_child)

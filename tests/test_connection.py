@@ -11,6 +11,8 @@ state and the kernel's socket buffers are the real ones.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -326,3 +328,31 @@ def test_the_iterator_writes_events_heartbeats_and_a_goodbye() -> None:
     assert line.ended.wait(3)
     assert line.parser.comments[-1] == "shutdown"
     assert released(state) == {"shutdown": 1}
+
+
+BOUND_SCRIPT = """
+import logging, socket, sys
+from flask_sse_keepalive.server import bound_dead_peer
+logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="%(levelname)s %(message)s")
+a, b = socket.socketpair()
+print("unix", bound_dead_peer(a, 2), bound_dead_peer(b, 2))
+listener = socket.create_server(("127.0.0.1", 0))
+tcp = socket.create_connection(listener.getsockname())
+print("tcp", bound_dead_peer(tcp, 2.5),
+      tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+"""
+
+
+def test_the_dead_peer_bound_is_set_on_tcp_and_said_once_where_it_cannot_be() -> None:
+    # A fresh process: the warning is said once per process and cause.
+    done = subprocess.run(
+        [sys.executable, "-c", BOUND_SCRIPT], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert len(warnings) == 1, lines  # two unix sockets, one warning
+    assert "SSE_SEND_TIMEOUT" in warnings[0] and "not TCP" in warnings[0]
+    assert "unix False False" in lines
+    # The control: on TCP the option is set, in milliseconds, and nothing is said.
+    assert "tcp True 2500" in lines
