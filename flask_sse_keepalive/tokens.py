@@ -17,12 +17,29 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import unquote_plus
 
 from itsdangerous import BadData, URLSafeTimedSerializer
 
 from .event import check_channel
 
-__all__ = ["MAX_TOKEN_LENGTH", "InvalidToken", "Token", "issue", "signing_keys", "verify"]
+__all__ = [
+    "MAX_TOKEN_LENGTH",
+    "REDACTED",
+    "TOKEN_PARAMETER",
+    "InvalidToken",
+    "Token",
+    "issue",
+    "redact_query",
+    "signing_keys",
+    "verify",
+]
+
+#: The query parameter that carries a token, a bearer credential until it
+#: expires, and what its value becomes wherever a URL is written down (the
+#: server's access log, the client's log lines and errors).
+TOKEN_PARAMETER = "token"
+REDACTED = "redacted"
 
 #: A longer ``?token=`` is refused before any decoding; a longer token is
 #: never issued (gunicorn's request line is at most 4094 bytes by default).
@@ -151,3 +168,14 @@ def _grant(payload: Any) -> Token:
         ):
             return Token(frozenset(channels), subject, float(expires_at))
     raise InvalidToken("malformed")
+
+
+def redact_query(query: str) -> str:
+    """``query`` (a URL's query string) with the value of every ``token``
+    parameter replaced by ``redacted``; the rest as it was, encoding included."""
+    parts = query.split("&")
+    for index, part in enumerate(parts):
+        name = part.partition("=")[0]
+        if unquote_plus(name) == TOKEN_PARAMETER:
+            parts[index] = f"{name}={REDACTED}"
+    return "&".join(parts)

@@ -17,7 +17,6 @@ import random
 import re
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_plus
 
 from flask import Blueprint, Response, current_app, g, has_request_context, request
 
@@ -106,7 +105,7 @@ def parse_token(state: AppState, channels: list[str]) -> tokens.Token | Response
     """The request's ``?token=``, checked (before the ``authorize`` hook):
     ``401`` if it is bad, expired, or missing under ``SSE_REQUIRE_TOKEN``;
     ``403`` for a requested channel it does not grant."""
-    values = request.args.getlist("token")
+    values = request.args.getlist(tokens.TOKEN_PARAMETER)
     if not values:
         if state.settings.require_token:
             return unauthorized("A token is required (?token=).", error=False)
@@ -154,19 +153,10 @@ def redact_token(environ: MutableMapping[str, Any]) -> None:
         if not isinstance(value, str):
             continue
         if key == "QUERY_STRING":
-            environ[key] = _redacted(value)
+            environ[key] = tokens.redact_query(value)
         else:
             path, mark, query = value.partition("?")
-            environ[key] = path + mark + _redacted(query)
-
-
-def _redacted(query: str) -> str:
-    parts = query.split("&")
-    for index, part in enumerate(parts):
-        name = part.partition("=")[0]
-        if unquote_plus(name) == "token":
-            parts[index] = f"{name}=redacted"
-    return "&".join(parts)
+            environ[key] = path + mark + tokens.redact_query(query)
 
 
 def access_problem(extension: SSE, channels: list[str]) -> Response | None:

@@ -19,7 +19,10 @@ class StreamRefused(StreamError):
     :ivar reason: the server's plain-text reason (its body, at most 500
         characters), e.g. ``invalid channel name 'a b': use 1-128 characters
         from A-Z a-z 0-9 _ - . : @``.
-    :ivar url: the URL that was requested.
+    :ivar url: the URL that was requested, with the value of its ``token``
+        parameter replaced by ``redacted`` (as in ``str(error)``, and the
+        ``reason``, should the server echo the token): an exception's text
+        ends up in logs and error trackers.
     """
 
     def __init__(self, status: int, reason: str, url: str) -> None:

@@ -25,7 +25,10 @@ CloseReason: TypeAlias = Literal[
 class Opened:
     """``on_open``: a stream was opened.
 
-    :ivar url: the URL requested, with its query.
+    :ivar url: the URL requested, with its query, and the value of its
+        ``token`` parameter replaced by ``redacted``: an ``on_open`` hook is
+        where a URL gets logged or sent to an error tracker, and the caller
+        has the token already (it gave it, or its token function returned it).
     :ivar status: always ``200``.
     :ivar headers: the response headers.
     :ivar last_event_id: the resume point sent (``""``: none).

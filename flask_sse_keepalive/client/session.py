@@ -26,6 +26,7 @@ from .backoff import HEALTHY_AFTER, Backoff, parse_retry_after
 from .errors import StreamRefused, StreamUnavailable
 from .handover import Chunk, Head, Item, Sleep, Step, Wait, earliest
 from .hooks import ClientStats, Closed, CloseReason, ConnectionState, Opened, Reconnect
+from .redact import redact_text, redact_url
 
 log = logging.getLogger("flask_sse_keepalive.client")
 
@@ -81,8 +82,10 @@ class Session(Generic[HttpClient]):
         on_reconnect: Callable[[Reconnect], object] | None = None,
     ) -> None:
         self._url = httpx.URL(url)
+        # For log lines and errors: a token in ``url`` as given is a credential too.
+        self._redacted_url = redact_url(self._url)
         if self._url.scheme not in ("http", "https") or not self._url.host:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+            raise ValueError(f"not an http(s) URL: {redact_url(url)!r}")
         if isinstance(channels, str):
             raise TypeError("channels must be a list of names, not a str")
         self._channels = None if channels is None else list(channels)
@@ -139,7 +142,8 @@ class Session(Generic[HttpClient]):
 
     @property
     def url(self) -> str:
-        """The stream's URL, as given."""
+        """The stream's URL, as given (a ``token`` in it included: it is the
+        caller's own string; log lines and hook records show it redacted)."""
         return str(self._url)
 
     @property
@@ -283,7 +287,9 @@ class Session(Generic[HttpClient]):
             reason = f"not an event stream: Content-Type {content_type or 'missing'}"
         self._state = "closed"
         self._closed = True
-        raise StreamRefused(status, reason.strip()[:REASON_LENGTH], str(response.request.url))
+        url = response.request.url
+        reason = redact_text(reason.strip()[:REASON_LENGTH], url)
+        raise StreamRefused(status, reason, redact_url(url))
 
     def _opened(self, response: httpx.Response) -> None:
         self._token_renewed = False
@@ -291,11 +297,10 @@ class Session(Generic[HttpClient]):
         self._state = "open"
         self._stats.connects += 1
         resume = response.request.headers.get("last-event-id", "")
-        log.debug("stream opened: %s", response.request.url)
+        url = redact_url(response.request.url)
+        log.debug("stream opened: %s", url)
         if self._on_open is not None:
-            self._on_open(
-                Opened(str(response.request.url), response.status_code, response.headers, resume)
-            )
+            self._on_open(Opened(url, response.status_code, response.headers, resume))
 
     def _feed(self, chunk: bytes) -> None:
         """Bytes of the open stream, as they arrive."""
@@ -384,7 +389,7 @@ class Session(Generic[HttpClient]):
         self._state = "reconnecting"
         log.info(
             "reconnecting to %s in %.1f s (%s, attempt %d)",
-            self._url,
+            self._redacted_url,
             delay,
             reason,
             self._failures,

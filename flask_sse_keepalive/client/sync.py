@@ -181,8 +181,10 @@ class SSEClient(Session[httpx.Client]):
         <flask_sse_keepalive.SSE.token>`), sent as ``?token=``, or a function
         returning one, called before every attempt (so that a service can
         fetch a fresh one). When the server refuses a token with ``401``, a
-        function is called once more at once; a second ``401`` in a row, or a
-        ``401`` for a fixed token, raises :class:`StreamRefused`.
+        function is called once more at once; a second ``401`` before a
+        stream opened again, or a ``401`` for a fixed token, raises
+        :class:`StreamRefused`. Log lines, :class:`StreamRefused` and
+        :class:`Opened` show the token's value as ``redacted``.
     :param headers: more request headers (cookies, auth), or a function
         returning them, called before every attempt.
     :param heartbeat: ask the server for a heartbeat every this many seconds
