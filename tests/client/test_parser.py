@@ -4,9 +4,12 @@ Every case of the browser client's table (``tests/browser/test_parser.py``,
 the same bytes Chromium's own ``EventSource`` is checked against) is fed
 whole, byte by byte, and split in two at every offset, so that CR|LF, a BOM
 and multi-byte characters straddle chunk borders; each way must give the
-expected events, comments, retries and last event ID. Then the parser is
-compared with the independent reference parser of ``tests/wire.py`` on
-generated streams cut at generated points.
+expected events, comments, retries and last event ID. Then two properties
+on generated input: a generated stream cut at generated points reads as the
+same stream fed whole (chunk borders change nothing), and what the package's
+encoder writes reads back as the events it encoded. (``tests/wire.py`` wraps
+this same parser: there is no second Python parser to compare it with; the
+standard's corner cases are the table's, which the browser client meets too.)
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ def test_json() -> None:
         ClientEvent("1", "tick", "not json").json()
 
 
-# -- against the reference parser ----------------------------------------------
+# -- properties: chunk borders, and the encoder read back ----------------------
 
 FIELD_LINES = st.one_of(
     st.builds(lambda v: f"data:{v}", st.text(alphabet=" ab:é\x00€", max_size=6)),
