@@ -120,7 +120,7 @@ class _Process:
 
         def command(seen_epoch: str, seen_seq: int) -> tuple[Any, ...]:
             return (
-                "EVALSHA", self._sha, 4, keys.epoch, keys.seq, keys.heads, keys.stream(channel),
+                "EVALSHA", self._sha, 5, *keys.positions(), keys.stream(channel),
                 secrets.token_hex(6), seen_epoch, seen_seq, self.broker.history_size, channel,
                 keys.live(channel), *fields,
             )  # fmt: skip
@@ -137,9 +137,8 @@ class _Process:
 
         def command(seen_epoch: str, seen_seq: int) -> tuple[Any, ...]:
             return (
-                "EVALSHA", self._many_sha, 3 + len(streams), keys.epoch, keys.seq, keys.heads,
-                *streams, secrets.token_hex(6), seen_epoch, seen_seq, self.broker.history_size,
-                *args,
+                "EVALSHA", self._many_sha, 4 + len(streams), *keys.positions(), *streams,
+                secrets.token_hex(6), seen_epoch, seen_seq, self.broker.history_size, *args,
             )  # fmt: skip
 
         return self._call(command, self._many_script)

@@ -555,8 +555,8 @@ class Fanout:
         pipe: Any = self.control.pipeline(transaction=False)
         for channels, epoch, last, forced, _ in groups:
             pipe.execute_command(
-                "EVALSHA", RESUME_SHA, 3 + len(channels),
-                keys.epoch, keys.seq, keys.heads, *[keys.stream(c) for c in channels],
+                "EVALSHA", RESUME_SHA, 4 + len(channels),
+                *keys.positions(), *[keys.stream(c) for c in channels],
                 secrets.token_hex(6), seen_epoch, seen_seq, epoch, last, forced,
             )  # fmt: skip
         replies: list[Any] = pipe.execute(raise_on_error=False)

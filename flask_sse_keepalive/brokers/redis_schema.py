@@ -8,6 +8,9 @@ Keys, under a prefix (``SSE_REDIS_PREFIX``, default ``sse:``)::
     {prefix}epoch           a random token naming one life of the history
     {prefix}seq             the seq counter shared by all channels
     {prefix}heads           hash: channel -> seq of its newest event
+    {prefix}lineage         hash: an earlier epoch -> the last seq it shares
+                            with the current one; ``#replid``: the
+                            replication id of the Redis that wrote it
     {prefix}stream:{name}   the channel's history, a Redis Stream; entry ids
                             are ``{seq}-0``
     {prefix}live:{name}     pub/sub channel that wakes the channel's readers
@@ -32,13 +35,17 @@ A stream entry's fields: ``p`` (the seq of the channel's previous entry),
 then ``d`` (data), ``e`` (event type) and ``r`` (retry), each only when set.
 A pub/sub message is ``{epoch}\\n{seq}\\n{JSON list of the entry's fields}``.
 
-Both scripts start by making sure the epoch exists. The epoch is made when
+Every script starts by making sure the epoch exists. The epoch is made when
 either the epoch or the counter is missing (an empty or flushed Redis, or
 keys deleted by hand), so an id handed out before that can never be taken for
-a position in the new history. Then both apply the fence (see ``_FENCE``): a
-caller that has seen a position the counter has not reached changes the
-epoch. In a Redis Cluster every key carries the prefix's hash tag, so the
-scripts touch one slot, and the live channels use sharded pub/sub.
+a position in the new history. Then comes the lineage (see ``_LINEAGE``): a
+Redis that restarted or was promoted from a replica (its replication id
+changed) gets a new epoch that continues the old one up to its counter, so
+that no id handed out before, and perhaps lost, is ever handed out again for
+another event. Then the fence (see ``_FENCE``): a caller that has seen a
+position beyond what Redis has changes the epoch for good. In a Redis Cluster
+every key carries the prefix's hash tag, so the scripts touch one slot, and
+the live channels use sharded pub/sub.
 
 Every entry carries ``p``. Redis trims a stream from its head only, so the
 first retained entry's ``p`` is the newest entry trimmed away: a resume after
@@ -95,7 +102,12 @@ class Keys:
         self.epoch = f"{prefix}epoch"
         self.seq = f"{prefix}seq"
         self.heads = f"{prefix}heads"
+        self.lineage = f"{prefix}lineage"
         self.processes = f"{prefix}processes"
+
+    def positions(self) -> tuple[str, str, str, str]:
+        """The first ``KEYS`` of every id-handling script, in their order."""
+        return (self.epoch, self.seq, self.heads, self.lineage)
 
     def stream(self, channel: str) -> str:
         """The Redis Stream holding ``channel``'s history."""
@@ -200,46 +212,84 @@ def figures_from_report(body: bytes, channels: Mapping[bytes, bytes]) -> dict[st
 
 _ENSURE_EPOCH = """
 local epoch = redis.call('GET', KEYS[1])
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
 if (not epoch) or redis.call('EXISTS', KEYS[2]) == 0 then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
   redis.call('SET', KEYS[2], 0, 'NX')
-  redis.call('DEL', KEYS[3])
+  redis.call('DEL', KEYS[3], KEYS[4])
+  redis.call('HSET', KEYS[4], '#replid', replid)
 end
 local counter = tonumber(redis.call('GET', KEYS[2]))
 """
 
-#: The fence. The caller says the highest position it has seen in an epoch
-#: (ARGV[2] and ARGV[3] of every script). If that is the current epoch and
-#: Redis's counter is behind it, Redis lost ids it had handed out (a failover
-#: to a lagging replica, a restart that lost its last writes): they would name
-#: other events now. A new epoch, before any id is handed out, makes every id
-#: from before unknown, so what was lost surfaces as ``stream-reset``.
-_FENCE = """
-if ARGV[2] == epoch and tonumber(ARGV[3]) > counter then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[1], epoch)
-  redis.call('DEL', KEYS[3])
+#: The lineage. Redis gets a new replication id whenever it restarts or a
+#: replica is promoted, and either may have lost the newest writes (an
+#: ``appendfsync everysec`` or RDB restart, a lagging replica): ids that were
+#: handed out, and that clients may hold, would be handed out again for other
+#: events. Redis cannot tell whether anything was lost, so the epoch moves on
+#: and the old one is recorded as continued up to the counter: a client at or
+#: before it resumes without a reset, one beyond it is told (``ahead``), and
+#: no id ever names two events. A Redis written by an older version (no
+#: replication id recorded) starts its lineage here.
+_LINEAGE = """
+local known = redis.call('HGET', KEYS[4], '#replid')
+if known ~= replid then
+  if known then
+    if redis.call('HLEN', KEYS[4]) > 64 then
+      redis.call('DEL', KEYS[4])  -- ids of 64 Redis lives ago: reset, not resumed
+    end
+    redis.call('HSET', KEYS[4], epoch, counter)
+    epoch = ARGV[1]
+    redis.call('SET', KEYS[1], epoch)
+  end
+  redis.call('HSET', KEYS[4], '#replid', replid)
 end
 """
+
+#: The fence. The caller says the highest position it has seen (ARGV[2] and
+#: ARGV[3] of every script): in the current epoch, or in one the lineage
+#: continues. Beyond what Redis has there, Redis lost ids it had handed out
+#: (a failover to a lagging replica, a restart that lost its last writes),
+#: and clients behind that position may have missed those events. A new
+#: epoch with no lineage, before any id is handed out, makes every id from
+#: before unknown, so what was lost surfaces as ``stream-reset`` to everyone.
+#: (The epoch token is the one the lineage may have just used: no id was
+#: handed out under it in between.)
+_FENCE = """
+local shared = nil
+if ARGV[2] == epoch then
+  shared = counter
+elseif ARGV[2] ~= '' then
+  local upto = redis.call('HGET', KEYS[4], ARGV[2])
+  if upto then shared = tonumber(upto) end
+end
+if shared and tonumber(ARGV[3]) > shared then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[3], KEYS[4])
+  redis.call('HSET', KEYS[4], '#replid', replid)
+end
+"""
+
+_PREAMBLE = _ENSURE_EPOCH + _LINEAGE + _FENCE
 
 
 def _publish_script(publish_command: str) -> str:
     return (
-        _ENSURE_EPOCH
-        + _FENCE
+        _PREAMBLE
         + """
 local seq = redis.call('INCR', KEYS[2])
 local entry = {'p', redis.call('HGET', KEYS[3], ARGV[5]) or '0'}
 for i = 7, #ARGV do entry[#entry + 1] = ARGV[i] end
 local id = seq .. '-0'
-local added = redis.pcall('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], id, unpack(entry))
+local added = redis.pcall('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], id, unpack(entry))
 if type(added) == 'table' and added.err then
   -- The stream holds ids from a sequence whose counter was lost: nothing in
   -- it belongs to this epoch.
-  redis.call('DEL', KEYS[4])
+  redis.call('DEL', KEYS[5])
   entry[2] = '0'
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], id, unpack(entry))
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], id, unpack(entry))
 end
 redis.call('HSET', KEYS[3], ARGV[5], seq)
 redis.call('"""
@@ -252,11 +302,10 @@ return {epoch, seq}
 
 def _publish_many_script(publish_command: str) -> str:
     return (
-        _ENSURE_EPOCH
-        + _FENCE
+        _PREAMBLE
         + """
 local entries, lives, seen, first = {}, {}, {}, nil
-local i, k = 5, 4
+local i, k = 5, 5
 while i <= #ARGV do
   local channel, live, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local seq = redis.call('INCR', KEYS[2])
@@ -290,7 +339,7 @@ return {epoch, first}
 
 
 #: Several events at once, consecutive seqs, one message per live channel.
-#: KEYS: epoch, seq, heads, then the stream of each event's channel, in order.
+#: KEYS: epoch, seq, heads, lineage, then the stream of each event's channel, in order.
 #: ARGV: a new epoch should one be needed, the fence's epoch and seq, history
 #: size, then per event: channel, pub/sub channel, the number of field values,
 #: the :func:`event_fields`. The same pub/sub message goes to each of the
@@ -299,7 +348,7 @@ return {epoch, first}
 PUBLISH_MANY = _publish_many_script("PUBLISH")
 SPUBLISH_MANY = _publish_many_script("SPUBLISH")
 
-#: KEYS: epoch, seq, heads, the channel's stream.
+#: KEYS: epoch, seq, heads, lineage, the channel's stream.
 #: ARGV: a new epoch should one be needed, the caller's epoch and highest seq
 #: seen (the fence), history size, channel, pub/sub channel, then the event's
 #: :func:`event_fields`.
@@ -308,27 +357,32 @@ PUBLISH = _publish_script("PUBLISH")
 #: The same for a Redis Cluster: sharded pub/sub, on the slot's shard only.
 SPUBLISH = _publish_script("SPUBLISH")
 
-#: KEYS: epoch, seq, heads, then the streams of the subscriber's channels.
+#: KEYS: epoch, seq, heads, lineage, then the streams of the subscriber's channels.
 #: ARGV: a new epoch should one be needed, the process's epoch and highest seq
 #: seen (the fence), the client's epoch ('' to go live without replay), the
 #: client's seq, a reason to reset for ('' for none).
 #: Returns ``{epoch, seq, status, entries of stream 1, entries of stream 2, ...}``
 #: where status is '' (entries follow) or why the stream must be reset.
 RESUME = (
-    _ENSURE_EPOCH
-    + _FENCE
+    _PREAMBLE
     + """
 local seq = counter
 if ARGV[6] ~= '' then return {epoch, seq, ARGV[6]} end
 if ARGV[4] == '' then return {epoch, seq, ''} end
-if ARGV[4] ~= epoch then return {epoch, seq, 'unknown-epoch'} end
 local after = tonumber(ARGV[5])
+if ARGV[4] ~= epoch then
+  -- An earlier epoch resumes where the lineage says the current one
+  -- continues it; beyond that the client saw ids this Redis lost.
+  local upto = redis.call('HGET', KEYS[4], ARGV[4])
+  if not upto then return {epoch, seq, 'unknown-epoch'} end
+  if after > tonumber(upto) then return {epoch, seq, 'ahead'} end
+end
 -- A position ahead of the counter: the client saw ids Redis no longer has.
 -- Only that client is reset here; the processes that delivered those ids
 -- hold the evidence for the fence (a client's word could be forged).
 if after > seq then return {epoch, seq, 'ahead'} end
 local result = {epoch, seq, ''}
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   local entries = redis.call('XRANGE', KEYS[i], '(' .. ARGV[5] .. '-0', '+')
   local first = entries[1]
   if first and first[2][1] == 'p' and tonumber(first[2][2]) > after then

@@ -49,7 +49,8 @@ def test_publish_from_a_plain_process(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     # The key layout the docs describe; fields, not encoded bytes, are stored.
     assert sorted(client.keys("app1:*")) == [
-        b"app1:epoch", b"app1:heads", b"app1:seq", b"app1:stream:news", b"app1:stream:prices",
+        b"app1:epoch", b"app1:heads", b"app1:lineage", b"app1:seq", b"app1:stream:news",
+        b"app1:stream:prices",
     ]  # fmt: skip
     assert client.get("app1:epoch") == epoch.encode()
     [(entry_id, fields)] = client.xrange("app1:stream:prices")

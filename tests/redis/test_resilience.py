@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis as redis_lib
 
 from flask_sse_keepalive.brokers.redis import RedisBroker
 from flask_sse_keepalive.event import Event
@@ -171,3 +174,58 @@ def test_redis_restart_empty_resets_every_stream(
         assert before == list(range(1, len(before) + 1))
         assert after == list(range(after[0], 411))
         assert client.connects == 1
+
+
+def publish_numbers(url: str, channel: str, numbers: range) -> list[str]:
+    """Publish ``{"n": k}`` for each number from a broker made for the
+    purpose: a process that has seen nothing before. The ids handed out."""
+    broker = RedisBroker(url)
+    try:
+        return [broker.publish(channel, Event(data=json.dumps({"n": n}))).id for n in numbers]
+    finally:
+        broker.close()
+
+
+def test_a_lossy_restart_never_hands_an_id_out_twice(
+    redis_server: Callable[..., Server], redis_app: Callable[..., Server], fleet: Fleet
+) -> None:
+    """Redis comes back from an older snapshot (a crash under RDB or
+    ``appendfsync everysec``): the ids of the events it lost had been handed
+    out. The first to publish afterwards knows nothing of them, while the
+    worker that delivered them is stopped. The new events must get ids of
+    their own, and the worker, once back, must tell its client what it lost."""
+    redis = redis_server()
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    server = redis_app(url)
+    start = marker(url, "u")
+    live = fleet.add(Client(server.port, ["u"], query_last_event_id=start))
+    fleet.wait(lambda: live.started and live.pid is not None, 30, "the live stream's first bytes")
+    kept = publish_numbers(url, "u", range(1, 41))
+    redis_lib.Redis(port=redis.port).save()  # the snapshot Redis will come back with
+    lost = publish_numbers(url, "u", range(41, 61))
+    fleet.wait(lambda: live.numbers()[-1:] == [60], 30, "events 1 to 60 on the live stream")
+    worker = live.pid
+    assert worker is not None
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        redis.stop(signal.SIGKILL)
+        redis_server(port=redis.port, directory=redis.extra["dir"])  # holds 1 to 40
+        reused = publish_numbers(url, "u", range(61, 81))
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    # No id names two events: what Redis lost keeps its ids to itself.
+    assert not set(reused) & set(lost), "the ids of lost events were handed out again"
+    fleet.wait(lambda: live.resets(), 30, "a stream-reset once the worker meets the new Redis")
+    publish_numbers(url, "u", range(81, 91))
+    fleet.wait(lambda: live.numbers()[-1:] == [90], 30, "the events after the reset")
+    [reset] = [i for i, e in enumerate(live.events) if e.type == "stream-reset"]
+    before = [json.loads(e.data)["n"] for e in live.events[:reset]]
+    after = [json.loads(e.data)["n"] for e in live.events[reset + 1 :]]
+    assert before == list(range(1, 61)) and after == list(range(81, 91))
+    assert live.connects == 1
+    # A client that held an id of a lost event, and one from before the
+    # snapshot (it missed the lost events too), are both told.
+    for last in (lost[5], kept[-1]):
+        late = fleet.add(Client(server.port, ["u"], last_event_id=last))
+        fleet.wait(lambda late=late: late.resets(), 30, f"a stream-reset for {last}")
+        assert late.numbers() == []
