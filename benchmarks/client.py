@@ -26,9 +26,9 @@ _DATA = b"data: "
 _HEARTBEAT = b": heartbeat\n"
 
 
-def stream_request(path: str) -> bytes:
+def stream_request(path: str, host: str = "127.0.0.1") -> bytes:
     return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
         "Cache-Control: no-cache\r\n\r\n"
     ).encode()
 
@@ -149,7 +149,8 @@ class SlowClient:
     connecting, so the server's writes stall almost at once.
     """
 
-    def __init__(self, port: int, path: str, rcvbuf: int = 1024) -> None:
+    def __init__(self, host: str, port: int, path: str, rcvbuf: int = 1024) -> None:
+        self.host = host
         self.port = port
         self.path = path
         self.rcvbuf = rcvbuf
@@ -164,8 +165,8 @@ class SlowClient:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
         sock.setblocking(False)
         async with asyncio.timeout(timeout):
-            await loop.sock_connect(sock, ("127.0.0.1", self.port))
-            await loop.sock_sendall(sock, stream_request(self.path))
+            await loop.sock_connect(sock, (self.host, self.port))
+            await loop.sock_sendall(sock, stream_request(self.path, self.host))
             head = b""
             while b"\n\n" not in head:
                 chunk = await loop.sock_recv(sock, 1)  # never read past the first block
@@ -204,13 +205,15 @@ class SlowClient:
             self.sock.close()
 
 
-async def control(port: int, method: str, path: str, timeout: float = 10.0) -> dict[str, Any]:
+async def control(
+    port: int, method: str, path: str, timeout: float = 10.0, *, host: str = "127.0.0.1"
+) -> dict[str, Any]:
     """One request to a control route; the JSON answer."""
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection(host, port)
         try:
             writer.write(
-                f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
+                f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n"
                 "Connection: close\r\n\r\n".encode()
             )
             response = await reader.read()

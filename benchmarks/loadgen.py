@@ -1,6 +1,7 @@
 """The load generator process: runs one scenario against one server, prints JSON.
 
 ``python -m benchmarks.loadgen --port 8000 --scenario fanout --spec '{"streams": 50}'``
+(``--host`` when the server is not on ``127.0.0.1``, as in the ``vanish`` scenario)
 
 The runner starts it pinned to its own CPU, apart from the server. It uses one
 asyncio loop on raw sockets; its own CPU use is part of every result, so a
@@ -46,7 +47,7 @@ class BatchingSelector(selectors.EpollSelector):
         return ready
 
 
-def run(port: int, scenario: str, spec: dict[str, Any]) -> dict[str, Any]:
+def run(host: str, port: int, scenario: str, spec: dict[str, Any]) -> dict[str, Any]:
     raise_nofile()
     pause = float(spec.get("read_batch_ms", 0)) / 1000
     # Collections of thousands of live protocol objects would pause the loop
@@ -56,19 +57,20 @@ def run(port: int, scenario: str, spec: dict[str, Any]) -> dict[str, Any]:
         if pause > 0:
             factory = lambda: asyncio.SelectorEventLoop(BatchingSelector(pause))  # noqa: E731
             with asyncio.Runner(loop_factory=factory) as runner:
-                return runner.run(SCENARIOS[scenario](port, spec))
-        return asyncio.run(SCENARIOS[scenario](port, spec))
+                return runner.run(SCENARIOS[scenario](host, port, spec))
+        return asyncio.run(SCENARIOS[scenario](host, port, spec))
     finally:
         gc.enable()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one benchmark scenario against a server.")
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), required=True)
     parser.add_argument("--spec", default="{}", help="scenario parameters, as JSON")
     args = parser.parse_args(argv)
-    result = run(args.port, args.scenario, json.loads(args.spec))
+    result = run(args.host, args.port, args.scenario, json.loads(args.spec))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
 

@@ -21,6 +21,7 @@ __all__ = [
     "raise_nofile",
     "rss_bytes",
     "run_delay",
+    "run_time",
     "taskset_prefix",
 ]
 
@@ -45,13 +46,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def run_delay(pid: int) -> float:
-    """Seconds the threads of ``pid`` have spent runnable but waiting for a CPU.
-
-    From ``/proc/<pid>/task/*/schedstat`` (second field, nanoseconds): the
-    direct measure of how much other processes got in the way. ``nan`` when
-    the kernel does not keep scheduler statistics.
-    """
+def _schedstat(pid: int, field: int) -> float:
+    """Field ``field`` (nanoseconds) of ``/proc/<pid>/task/*/schedstat``, summed, in seconds."""
     total = 0
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -60,10 +56,30 @@ def run_delay(pid: int) -> float:
     for task in tasks:
         try:
             with open(f"/proc/{pid}/task/{task}/schedstat", encoding="ascii") as stat:
-                total += int(stat.read().split()[1])
+                total += int(stat.read().split()[field])
         except (OSError, IndexError, ValueError):
             continue
     return total / 1e9
+
+
+def run_time(pid: int) -> float:
+    """Seconds the threads of ``pid`` have run on a CPU, to the nanosecond.
+
+    From ``/proc/<pid>/task/*/schedstat`` (first field): unlike
+    :func:`cpu_seconds`, whose unit is a clock tick (10 ms), fine enough to
+    measure a burst of a few milliseconds. ``nan`` without scheduler statistics.
+    """
+    return _schedstat(pid, 0)
+
+
+def run_delay(pid: int) -> float:
+    """Seconds the threads of ``pid`` have spent runnable but waiting for a CPU.
+
+    From ``/proc/<pid>/task/*/schedstat`` (second field, nanoseconds): the
+    direct measure of how much other processes got in the way. ``nan`` when
+    the kernel does not keep scheduler statistics.
+    """
+    return _schedstat(pid, 1)
 
 
 @dataclass(frozen=True)

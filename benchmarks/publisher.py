@@ -69,6 +69,12 @@ class Publisher:
         self._job = gevent.spawn(self._run, n, rate, size, lead)
         return {"first": self.first, "last": self.last}
 
+    def reserve(self, n: int) -> range:
+        """Sequence numbers for ``n`` events published outside a job (``/bench/burst``)."""
+        first = self.seq + 1
+        self.seq += n
+        return range(first, first + n)
+
     def progress(self, acked: int) -> None:
         if acked > self.acked:
             self.acked = acked

@@ -45,9 +45,11 @@ class Server:
     log_path: Path
     #: the gunicorn worker (or the ceiling process itself), from /bench/stats
     worker_pid: int = 0
+    #: the address it listens on
+    host: str = "127.0.0.1"
 
     def stats(self, timeout: float = 10.0) -> dict[str, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request("GET", "/bench/stats")
             response = conn.getresponse()
@@ -92,14 +94,18 @@ def start_server(
     queue_size: int,
     log_dir: Path,
     env: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
 ) -> Server:
-    """Start ``kind`` on a free port and wait until it answers ``/bench/stats``."""
+    """Start ``kind`` on a free port of ``host`` and wait until it answers ``/bench/stats``.
+
+    The ceilings listen on ``127.0.0.1`` only.
+    """
     port = free_port()
     python = [*taskset_prefix(SERVER_CPU), sys.executable]
     if kind == "real":
         cmd = [
             *python, "-m", "gunicorn", "-k", "gevent", "-w", "1",
-            "-b", f"127.0.0.1:{port}",
+            "-b", f"{host}:{port}",
             "--worker-connections", str(connections + 1000),
             "--backlog", "4096",
             # A worker busy publishing must not be mistaken for a hung one.
@@ -113,6 +119,8 @@ def start_server(
             "SSE_QUEUE_SIZE": str(queue_size),
         }
     elif kind.startswith("ceiling-"):
+        if host != "127.0.0.1":
+            raise ValueError(f"{kind} listens on 127.0.0.1 only, not {host}")
         cmd = [
             *python, "-m", "benchmarks.ceiling", "--port", str(port),
             "--mode", kind.removeprefix("ceiling-"),
@@ -127,7 +135,7 @@ def start_server(
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(kind, proc, port, log_path)
+    server = Server(kind, proc, port, log_path, host=host)
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -1,14 +1,16 @@
 """The benchmark suite at tiny scale: every scenario runs and measures what it claims.
 
 These tests check correctness only (no event lost, every heartbeat on time,
-the slow client dropped while the others complete), never timings: the
-machine may be busy with other work. Each scenario runs against the real
-server (gunicorn -k gevent) and both raw gevent ceilings.
+the slow client dropped while the others complete, every vanished stream
+released), never timings: the machine may be busy with other work. Each
+scenario runs against the real server (gunicorn -k gevent) and, where a
+ceiling makes sense, both raw gevent ceilings.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,20 +19,37 @@ from typing import Any
 import pytest
 
 from benchmarks import runner
+from benchmarks.broker import redis_server_path
+from benchmarks.charts import write_charts
+from benchmarks.netns import unavailable_reason
 from benchmarks.servers import ROOT, SERVERS
+
+REAL = SERVERS[0]
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the benchmarks read /proc"
 )
 
 
-def run_quick(scenario: str) -> list[dict[str, Any]]:
-    report = runner.run([scenario], quick=True, queue_size=500, servers=SERVERS)
+def run_quick(
+    scenario: str, servers: tuple[str, ...] = SERVERS, broker: str = "memory"
+) -> list[dict[str, Any]]:
+    report = runner.run([scenario], quick=True, queue_size=500, servers=SERVERS, broker=broker)
     results: list[dict[str, Any]] = report["results"]
-    assert [r["server"] for r in results] == list(SERVERS)
+    assert [r["server"] for r in results] == list(servers)
     for result in results:
         assert "error" not in result, f"{result['server']}: {result['error']}"
+        assert "skipped" not in result, f"{result['server']}: {result['skipped']}"
     return results
+
+
+def require(reason: str | None, switch: str) -> None:
+    """Skip for ``reason``, unless ``CI`` or ``switch=1`` is set, where that is a failure."""
+    if reason is None:
+        return
+    if os.environ.get("CI") or os.environ.get(switch) == "1":
+        pytest.fail(f"{reason}, and {switch}=1 or CI needs this test to run")
+    pytest.skip(reason)
 
 
 def failed_checks(result: dict[str, Any]) -> dict[str, Any]:
@@ -89,3 +108,80 @@ def test_slow_client_is_dropped_and_the_others_complete(tmp_path: Path) -> None:
         assert result["checks"]["slow_dropped"], (result["server"], metrics)
         assert metrics["lost"] == 0
         assert metrics["slow_received_events"] < metrics["events"]
+
+
+def test_vanished_streams_are_all_released_and_the_namespace_removed() -> None:
+    require(unavailable_reason(), "SSE_REQUIRE_NETNS")
+    (result,) = run_quick("vanish", (REAL,))
+    metrics = result["metrics"]
+    assert result["checks"] and all(result["checks"].values()), failed_checks(result)
+    assert metrics["released"] == metrics["streams"] == 20
+    assert metrics["still_open"] == 0
+    assert metrics["disconnects"]["timeout"] == 20
+    # Released by the bound after the cut, never before it.
+    assert 0 < metrics["release_min_s"] <= metrics["release_p50_s"] <= metrics["release_max_s"]
+    assert 0 < metrics["rss_before"] <= metrics["rss_with"]
+    assert metrics["rss_after"] > 0
+    namespaces = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+    assert f"ssebench{os.getpid() % 100000}" not in namespaces
+
+
+def test_publish_and_publish_many_deliver_every_burst() -> None:
+    (result,) = run_quick("publish", (REAL,))
+    metrics = result["metrics"]
+    assert all(result["checks"].values()), failed_checks(result)
+    for rate in metrics["rates"].values():
+        assert rate["events"] > 0
+        assert rate["server_cpu_us_per_event"] > 0
+    # publish_many is called with whole batches.
+    assert metrics["rates"]["many"]["events"] % metrics["batch"] == 0
+    burst = metrics["burst"]
+    assert burst["lost"] == 0
+    assert burst["many_cpu_ms"] > 0 and burst["single_cpu_ms"] > 0
+
+
+@pytest.mark.parametrize("scenario", ["fanout", "latency"])
+def test_the_redis_broker_is_used_and_stopped(scenario: str) -> None:
+    require(
+        None if redis_server_path() else "redis-server not found: apt-get install redis-server",
+        "SSE_REQUIRE_REDIS",
+    )
+    results = run_quick(scenario, broker="redis")
+    real = results[0]
+    assert real["broker"] == "redis"
+    assert real["checks"]["no_loss"], failed_checks(real)
+    assert real["metrics"]["meter"]["redis_cpu_s"] >= 0
+    # The ceilings have no broker, and the redis-server is gone.
+    assert all("redis_cpu_s" not in r["metrics"]["meter"] for r in results[1:])
+    assert not Path(f"/proc/{real['redis_pid']}").exists()
+
+
+def test_charts_are_drawn_from_a_report(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    report = {
+        "broker": "memory",
+        "results": [
+            {
+                "scenario": "latency",
+                "server": server,
+                "metrics": {"streams": 2, "rate": 5.0, "permille_ms": [0.5, 1.0, 4.0]},
+            }
+            for server in SERVERS
+        ]
+        + [
+            {
+                "scenario": "idle",
+                "server": REAL,
+                "label": "idle hb=15s",
+                "metrics": {
+                    "steps": [{"streams": 10, "rss_mb": 30.0}, {"streams": 20, "rss_mb": 31.0}]
+                },
+            }
+        ],
+    }
+    drawn, why_not = write_charts(report, tmp_path)
+    assert why_not is None
+    assert sorted(path.name for path in drawn) == ["latency-cdf.png", "rss-streams.png"]
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in drawn)
