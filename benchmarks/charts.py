@@ -1,11 +1,17 @@
 """``--charts DIR``: PNG charts of a run, drawn with matplotlib if it is installed.
 
-Two charts, each the real server beside the ceilings of the same run:
+Each chart shows the real server beside the ceilings of the same run, where
+the scenario has them:
 
 * ``latency-cdf.png``: the publish-to-receive latency distribution of every
   ``latency`` run (the share of events received within x ms);
 * ``rss-streams.png``: the server's RSS against the streams it holds, from
-  the ``idle`` steps.
+  the ``idle`` steps;
+* ``cpu-heartbeats.png``: the server's CPU against the heartbeats it sends
+  per second (streams / interval), from the ``idle`` and ``full`` steps, so
+  the runs at 15 s and at 1 s fall on one axis;
+* ``storm-reconnects.png``: the ``storm``: farewells and reconnects per
+  100 ms from the ``HUP``.
 
 matplotlib is optional (``pip install matplotlib``); without it
 :func:`write_charts` draws nothing and says why.
@@ -68,6 +74,46 @@ def write_charts(report: dict[str, Any], directory: Path) -> tuple[list[Path], s
         axes.grid(True, alpha=0.3)
         axes.legend()
         written.append(_save(figure, directory / "rss-streams.png"))
+        plt.close(figure)
+
+    beating = [r for r in results if r["scenario"] in ("idle", "full")]
+    if beating:
+        figure, axes = plt.subplots(figsize=(8, 5))
+        for result in beating:
+            steps = result["metrics"]["steps"]
+            interval = result["metrics"]["heartbeat_interval"]
+            axes.plot(
+                [step["streams"] / interval for step in steps],
+                [step["server_cpu_pct"] for step in steps],
+                marker="o",
+                label=f"{result['server']}, {result['label']}",
+            )
+        axes.set_xscale("log")
+        axes.set_xlabel("heartbeats per second (streams / interval, log)")
+        axes.set_ylabel("server CPU, % of a core")
+        axes.set_title("CPU against heartbeat rate" + suffix)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend()
+        written.append(_save(figure, directory / "cpu-heartbeats.png"))
+        plt.close(figure)
+
+    storm = [r for r in results if r["scenario"] == "storm"]
+    for result in storm[:1]:
+        m = result["metrics"]
+        bucket = m["bucket_s"]
+        figure, axes = plt.subplots(figsize=(8, 5))
+        for label in ("farewells", "reconnects"):
+            counts = m[f"{label}_per_bucket"]
+            axes.step([n * bucket for n in range(len(counts))], counts, where="post", label=label)
+        axes.axvline(m["caught_up_max_s"], color="grey", linestyle="--", label="all caught up")
+        axes.set_xlabel("seconds from the HUP")
+        axes.set_ylabel(f"per {1000 * bucket:g} ms")
+        axes.set_title(
+            f"reconnect storm, {m['streams']:,} streams, two workers ({result['broker']} broker)"
+        )
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+        written.append(_save(figure, directory / "storm-reconnects.png"))
         plt.close(figure)
     return written, None
 

@@ -15,8 +15,11 @@ __all__ = [
     "CpuSample",
     "ProcSample",
     "busy_fraction",
+    "children",
     "cpu_sample",
     "cpu_seconds",
+    "nofile_limit",
+    "open_fds",
     "proc_sample",
     "raise_nofile",
     "rss_bytes",
@@ -80,6 +83,38 @@ def run_delay(pid: int) -> float:
     the kernel does not keep scheduler statistics.
     """
     return _schedstat(pid, 1)
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors ``pid`` holds open (entries of ``/proc/<pid>/fd``)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def nofile_limit(pid: int) -> int:
+    """The soft open-file limit of ``pid`` (``Max open files`` in ``/proc/<pid>/limits``)."""
+    with open(f"/proc/{pid}/limits", encoding="ascii") as limits:
+        for line in limits:
+            if line.startswith("Max open files"):
+                soft = line.split()[3]
+                return 1 << 62 if soft == "unlimited" else int(soft)
+    raise RuntimeError(f"no open-file limit for pid {pid}")
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (from ``/proc/*/stat``), in pid order."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as stat:
+                text = stat.read()
+        except OSError:
+            continue  # gone meanwhile
+        # After the command name (which may hold spaces and parentheses): state, ppid.
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+            found.append(int(name))
+    return sorted(found)
 
 
 @dataclass(frozen=True)

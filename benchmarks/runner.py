@@ -8,7 +8,8 @@ meant to meet (full runs only: quick runs are too small for them to mean
 anything).
 
 ``--broker redis`` starts a ``redis-server`` of its own for each run of the
-real server (:mod:`benchmarks.broker`); the ``vanish`` scenario runs the load
+real server (:mod:`benchmarks.broker`), and so does a scenario that needs one
+whatever the option says (``storm``); the ``vanish`` scenario runs the load
 generator in a network namespace of its own (:mod:`benchmarks.netns`).
 """
 
@@ -61,6 +62,10 @@ class Run:
     netns: bool = False
     #: more settings for the real server
     env: dict[str, str] = field(default_factory=dict)
+    #: gunicorn workers of the real server (``-w``)
+    workers: int = 1
+    #: the broker this run needs, whatever ``--broker`` says (``None``: that one)
+    broker: str | None = None
 
 
 def _full() -> dict[str, list[Run]]:
@@ -91,6 +96,50 @@ def _full() -> dict[str, list[Run]]:
                 "publish",
                 {"seconds": 3.0, "batch": 100, "streams": 1000, "rounds": 20, "burst": 10},
                 (REAL,),
+            )
+        ],
+        # A full process: 19,000 streams leave room under a 20,000 descriptor
+        # limit on both sides. No ceiling: what is projected is the real server.
+        "full": [
+            Run(
+                "full",
+                "full hb=15s",
+                {"levels": [5000, 10000, 19000], "window": 30.0, "late_after_s": 1.0},
+                (REAL,),
+                heartbeat=15.0,
+                connections=19000,
+                timeout=600.0,
+            )
+        ],
+        # Two workers on Redis: a reload hands the streams from one pair to the next.
+        "storm": [
+            Run(
+                "storm",
+                "storm",
+                {"streams": 10000, "channels": 100, "rate": 100.0, "before": 3.0},
+                (REAL,),
+                heartbeat=15.0,
+                connections=10000,
+                timeout=300.0,
+                workers=2,
+                broker="redis",
+            )
+        ],
+        "churn": [
+            Run(
+                "churn",
+                "churn",
+                {
+                    "streams": 5000,
+                    "rate": 5.0,
+                    "quiet": 10.0,
+                    "duration": 30.0,
+                    "churn_rate": 2000.0,
+                },
+                (REAL,),
+                heartbeat=15.0,
+                connections=7000,
+                timeout=300.0,
             )
         ],
     }
@@ -129,6 +178,41 @@ def _quick() -> dict[str, list[Run]]:
                 {"seconds": 0.3, "batch": 100, "streams": 20, "rounds": 3, "burst": 10},
                 (REAL,),
                 timeout=60.0,
+            )
+        ],
+        "full": [
+            Run(
+                "full",
+                "full hb=1s",
+                {"levels": [100, 300], "window": 3.0, "late_after_s": 1.0},
+                (REAL,),
+                heartbeat=1.0,
+                connections=300,
+                timeout=60.0,
+            )
+        ],
+        "storm": [
+            Run(
+                "storm",
+                "storm",
+                {"streams": 100, "channels": 10, "rate": 100.0, "before": 1.0, "after": 1.0},
+                (REAL,),
+                heartbeat=15.0,
+                connections=100,
+                timeout=120.0,
+                workers=2,
+                broker="redis",
+            )
+        ],
+        "churn": [
+            Run(
+                "churn",
+                "churn",
+                {"streams": 100, "rate": 5.0, "quiet": 2.0, "duration": 3.0, "churn_rate": 50.0},
+                (REAL,),
+                heartbeat=15.0,
+                connections=300,
+                timeout=90.0,
             )
         ],
     }
@@ -172,7 +256,10 @@ def run_one(
     network namespace (``run.netns``).
     """
     began = time.time()
+    broker = run.broker or broker
     skipped = unavailable_reason() if run.netns else None
+    if broker == "redis" and server == REAL and redis_server_path() is None:
+        skipped = "redis-server not found (apt-get install redis-server)"
     if skipped:
         return {
             "skipped": skipped, "checks": {}, "warnings": [], "metrics": {},
@@ -191,6 +278,7 @@ def run_one(
             redis = stack.enter_context(RedisServer(log_dir))
             env["SSE_BROKER_URL"] = redis.url
             spec["redis_pid"] = redis.pid
+            spec["redis_url"] = redis.url
         started = start_server(
             server,
             heartbeat=run.heartbeat,
@@ -199,13 +287,18 @@ def run_one(
             log_dir=log_dir,
             env=env,
             host=host,
+            workers=run.workers,
         )
         stack.callback(started.stop)
+        spec["master_pid"] = started.proc.pid
+        spec["workers"] = run.workers
         try:
             used = started.stats().get("broker", "memory")
             if server == REAL and used != broker:
                 raise RuntimeError(f"the server uses the {used} broker, not {broker}")
             result = _loadgen(host, started.port, run, spec, namespace)
+            pids = result.get("pids", {})
+            started.remember(pids.get("workers_before", []) + pids.get("workers_after", []))
             if run.netns and "cut_at" in result["metrics"]:
                 # Bound generously: a stream still held then is a failure to see.
                 watch_release(started, result, timeout=max(30.0, 10 * run.heartbeat))
@@ -223,6 +316,12 @@ def run_one(
         result["broker"] = broker
     if "redis_pid" in spec:
         result["redis_pid"] = spec["redis_pid"]
+    # Every process of the run, all stopped by now: the smoke test looks.
+    result.setdefault("pids", {}).update(
+        server=started.proc.pid,
+        workers=sorted(started.workers_seen),
+        redis=spec.get("redis_pid"),
+    )
     return result
 
 
@@ -402,11 +501,68 @@ def _publish_rows(result: dict[str, Any]) -> list[tuple[str, str, Any]]:
     return out
 
 
+def _full_rows(result: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    out = _idle_rows(result)
+    p = result["metrics"].get("projection")
+    if p:
+        head = f"{result['label']} projected to n={p['streams']:,}"
+        out += [
+            (f"{head} RSS MB", "low", p["rss_mb"]),
+            (f"{head} RSS/stream KB (slope)", "low", p["rss_per_stream_kb"]),
+            (f"{head} server CPU % (slope)", "low", p["cpu_pct"]),
+            (f"{head} heartbeat CPU % (us/heartbeat)", "low", p["heartbeat_cpu_pct"]),
+            (f"{result['label']} CPU us/heartbeat", "low", p["cpu_us_per_heartbeat"]),
+        ]
+    return out
+
+
+def _storm_rows(result: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    m = result["metrics"]
+    head = f"{result['label']} n={m['streams']} {m['channels']}ch"
+    return [
+        (f"{head} back p50/max s", "", f"{m['back_p50_s']:.2f}/{m['back_max_s']:.2f}"),
+        (f"{head} caught up p50 s", "low", m["caught_up_p50_s"]),
+        (f"{head} caught up max s", "low", m["caught_up_max_s"]),
+        (f"{head} peak reconnects/100ms", "", max(m["reconnects_per_bucket"], default=0)),
+        (f"{head} farewells/streams", "", f"{m['farewells']}/{m['streams']}"),
+        (f"{head} events published", "", m["published"]),
+        (f"{head} lost", "low", m["lost"]),
+        (f"{head} duplicated", "low", m["duplicated"]),
+    ]
+
+
+def _churn_rows(result: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    m = result["metrics"]
+    head = f"{result['label']} n={m['streams']} {m['rate']:g}/s"
+    quiet, churned = m["quiet"], m["churn"]
+    return [
+        (f"{head} quiet p50/p99 ms", "", f"{quiet['p50_ms']:.1f}/{quiet['p99_ms']:.1f}"),
+        (f"{head} churn p50/p99 ms", "", f"{churned['p50_ms']:.1f}/{churned['p99_ms']:.1f}"),
+        (f"{head} p99 churn/quiet", "low", m["p99_ratio"]),
+        (f"{head} churned conn/s", "high", m["churn_per_s"]),
+        (f"{head} lost", "low", quiet["lost"] + churned["lost"]),
+        (f"{head} RSS before/after MB", "", "/".join(
+            f"{m[key] / 2**20:.1f}" for key in ("rss_before", "rss_after")
+        )),
+        (f"{head} fds before/after", "", f"{m['fds_before']}/{m['fds_after']}"),
+    ]  # fmt: skip
+
+
+#: rows of the scenarios whose metrics are not those of ``latency`` or ``slow``
+_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str, Any]]]] = {
+    "full": _full_rows,
+    "storm": _storm_rows,
+    "churn": _churn_rows,
+}
+
+
 def _metric_rows(result: dict[str, Any]) -> list[tuple[str, str, Any]]:
     m = result["metrics"]
     label = result["label"]
     if not m:
         return []
+    if result["scenario"] in _ROWS:
+        return _ROWS[result["scenario"]](result)
     if result["scenario"] == "idle":
         return _idle_rows(result)
     if result["scenario"] == "fanout":
@@ -476,6 +632,8 @@ def _meters(result: dict[str, Any]) -> list[dict[str, Any]]:
         return [step["meter"] for step in metrics["steps"]]
     if "rates" in metrics:
         return [rate["meter"] for rate in metrics["rates"].values()]
+    if "quiet" in metrics and "churn" in metrics:
+        return [metrics["quiet"]["meter"], metrics["churn"]["meter"]]
     return [metrics["meter"]] if "meter" in metrics else []
 
 
@@ -591,6 +749,44 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             f"{m['released']:,} released, the last after {m['release_max_s']:.1f} s",
             m["released"] == m["streams"] and m["release_max_s"] <= bound,
         )
+    full = _find(results, "full", REAL)
+    if full and full["metrics"].get("steps"):
+        top = full["metrics"]["steps"][-1]
+        late = top["late_streams"] + top["closed_streams"]
+        target(
+            f"{top['streams']:,} idle streams on one worker: every heartbeat at most"
+            f" {full['metrics']['late_after_s']:g} s past due",
+            f"{late} streams late or closed, {top['heartbeats']:,}/"
+            f"{top['heartbeats_expected']:,} heartbeats, {top['server_cpu_pct']:.1f}% CPU",
+            late == 0 and full["checks"].get("all_streams_opened", False),
+        )
+    storm = _find(results, "storm", REAL)
+    if storm:
+        m = storm["metrics"]
+        target(
+            f"reconnect storm: all {m['streams']:,} streams back and caught up within 10 s"
+            " of the HUP, nothing lost or duplicated",
+            f"the last after {m['caught_up_max_s']:.1f} s, {m['lost']} lost,"
+            f" {m['duplicated']} duplicated",
+            m["caught_up_max_s"] <= 10 and m["lost"] == 0 and m["duplicated"] == 0,
+        )
+    churned = _find(results, "churn", REAL)
+    if churned:
+        m = churned["metrics"]
+        ratio = m["p99_ratio"]
+        target(
+            f"steady p99 during {m['churn_rate']:,.0f} connects+disconnects/s <= 2x the quiet p99",
+            f"{ratio:.2f}x ({m['quiet']['p99_ms']:.1f} -> {m['churn']['p99_ms']:.1f} ms)"
+            if ratio is not None
+            else "no samples",
+            ratio is not None and ratio <= 2,
+        )
+        grown = (m["rss_after"] - m["rss_before"]) / m["rss_before"]
+        target(
+            "after the churn: descriptors back to baseline, RSS within 5% of it",
+            f"fds {m['fds_before']} -> {m['fds_after']}, RSS {100 * grown:+.1f}%",
+            m["fds_after"] <= m["fds_before"] and grown <= 0.05,
+        )
     published = _find(results, "publish", REAL)
     if published:
         ratio = published["metrics"]["burst"]["many_over_single"]
@@ -641,7 +837,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"commit {m['commit']}; server on CPU {SERVER_CPU}, generator on CPU {LOADGEN_CPU}"
         + ("" if m["pinned"] else " (NOT pinned: taskset or a second CPU missing)")
         + f"; broker: {report.get('broker', 'memory')}"
-        + (f" (redis-server on CPU {LOADGEN_CPU})" if report.get("broker") == "redis" else ""),
+        + (f" (redis-server on CPU {LOADGEN_CPU})" if report.get("broker") == "redis" else "")
+        + "".join(
+            f"; {r['label']}: {r['broker']}"
+            for r in report["results"]
+            if r.get("broker", report.get("broker")) != report.get("broker")
+        ),
     )
     lines.insert(1, "ratios: real/ceiling (for 'low is better' figures above 1 is worse)")
     lines.insert(2, "")

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from array import array
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .churn import churn
 from .client import SlowClient, StreamClient
-from .procinfo import proc_sample
+from .procinfo import nofile_limit, proc_sample
 from .publishing import publish
 from .session import Session, close_all, count_loss, percentiles
+from .storm import storm
 from .vanish import vanish
 
-__all__ = ["SCENARIOS", "Scenario"]
+__all__ = ["SCENARIOS", "Scenario", "projection"]
 
 #: ``scenario(host, port, spec)``: the result
 Scenario = Callable[[str, int, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]
@@ -31,13 +34,17 @@ Scenario = Callable[[str, int, dict[str, Any]], Coroutine[Any, Any, dict[str, An
 
 
 async def idle(host: str, port: int, spec: dict[str, Any]) -> dict[str, Any]:
-    """Open streams in steps, then watch each step idle: memory, CPU, heartbeats."""
+    """Open streams in steps, then watch each step idle: memory, CPU, heartbeats.
+
+    A stream silent for longer than the interval plus ``late_after_s`` (by
+    default a quarter of the interval, at least 0.5 s) is late.
+    """
     levels: list[int] = spec.get("levels", [1000, 5000, 10000])
     window: float = spec.get("window", 30.0)
     session = Session(host, port, spec)
     stats = await session.stats()
     pid, interval = int(stats["pid"]), float(stats["heartbeat_interval"])
-    tolerance = interval + max(0.5, 0.25 * interval)
+    tolerance = interval + spec.get("late_after_s", max(0.5, 0.25 * interval))
     await session.warm_up()
     base = proc_sample(pid, time.time())
     streams: list[StreamClient] = []
@@ -80,7 +87,12 @@ async def idle(host: str, port: int, spec: dict[str, Any]) -> dict[str, Any]:
     finally:
         close_all(streams)
     return {
-        "metrics": {"heartbeat_interval": interval, "window_s": window, "steps": steps},
+        "metrics": {
+            "heartbeat_interval": interval,
+            "window_s": window,
+            "late_after_s": tolerance - interval,
+            "steps": steps,
+        },
         "checks": {
             "all_streams_opened": all(step["failed"] == 0 for step in steps),
             "all_heartbeats": all(
@@ -88,6 +100,74 @@ async def idle(host: str, port: int, spec: dict[str, Any]) -> dict[str, Any]:
             ),
         },
         "warnings": session.warnings,
+    }
+
+
+async def full(host: str, port: int, spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``idle`` scenario up to a full process, and what its slope says of ``project`` streams.
+
+    Memory and CPU are fitted to a line over the steps (least squares), and the
+    line is carried on to ``project`` streams per worker; the heartbeat CPU
+    also from what one heartbeat cost at the largest step.
+    """
+    top = max(spec.get("levels", [1000, 5000, 10000]))
+    pid = int((await Session(host, port, spec).stats())["pid"])
+    # One descriptor per stream on each side, and a few for everything else.
+    short = {
+        who: limit
+        for who, limit in (("generator", nofile_limit(os.getpid())), ("server", nofile_limit(pid)))
+        if limit < top + DESCRIPTOR_MARGIN
+    }
+    if short:
+        return {
+            "metrics": {"streams": top, "nofile": short},
+            "checks": {"descriptors": False},
+            "warnings": [
+                f"{top:,} streams need {top + DESCRIPTOR_MARGIN:,} open files, the limit is {short}"
+            ],
+        }
+    result = await idle(host, port, spec)
+    steps = result["metrics"]["steps"]
+    project: int = spec.get("project", 100_000)
+    if len(steps) >= 2:
+        result["metrics"]["projection"] = projection(
+            steps, project, result["metrics"]["heartbeat_interval"]
+        )
+    else:
+        result["warnings"].append("fewer than two steps: no slope, no projection")
+    return result
+
+
+#: Descriptors a process needs besides one per stream (listening socket,
+#: logs, control connections, epoll, pipes).
+DESCRIPTOR_MARGIN = 100
+
+
+def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares ``(slope, intercept)`` of ``ys`` against ``xs``."""
+    n = len(xs)
+    mean_x, mean_y = sum(xs) / n, sum(ys) / n
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    return slope, mean_y - slope * mean_x
+
+
+def projection(steps: list[dict[str, Any]], streams: int, interval: float) -> dict[str, Any]:
+    """Memory and heartbeat CPU at ``streams`` streams, from the idle ``steps``' slope."""
+    counts = [float(step["streams"]) for step in steps]
+    rss_slope, rss_base = _fit(counts, [step["meter"]["rss_before"] for step in steps])
+    cpu_slope, cpu_base = _fit(counts, [step["server_cpu_pct"] for step in steps])
+    top = steps[-1]
+    per_heartbeat = top["meter"]["server_cpu_s"] / max(top["heartbeats"], 1)
+    return {
+        "streams": streams,
+        "heartbeat_interval": interval,
+        "rss_per_stream_kb": rss_slope / 1024,
+        "rss_mb": (rss_base + rss_slope * streams) / 2**20,
+        "cpu_pct": cpu_base + cpu_slope * streams,
+        "cpu_us_per_heartbeat": 1e6 * per_heartbeat,
+        "heartbeat_cpu_pct": 100 * per_heartbeat * streams / interval,
+        "heartbeats_per_s": streams / interval,
     }
 
 
@@ -289,4 +369,7 @@ SCENARIOS: dict[str, Scenario] = {
     "slow": slow,
     "vanish": vanish,
     "publish": publish,
+    "full": full,
+    "storm": storm,
+    "churn": churn,
 }

@@ -1,8 +1,10 @@
 """Starting and stopping the servers under test, each pinned to CPU 0.
 
-``real`` is ``gunicorn -k gevent -w 1 benchmarks.app:app``; ``ceiling-send``
-and ``ceiling-sendall`` are :mod:`benchmarks.ceiling` in its two write modes.
-Every process started here is stopped by pid.
+``real`` is ``gunicorn -k gevent -w 1 benchmarks.app:app`` (``workers`` sets
+``-w``); ``ceiling-send`` and ``ceiling-sendall`` are :mod:`benchmarks.ceiling`
+in its two write modes. Every process started here is stopped by pid: the
+gunicorn master, and then any worker of it still alive, whichever workers it
+had by then (a ``HUP`` reload replaces them).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .procinfo import taskset_prefix
+from .procinfo import children, taskset_prefix
 
 __all__ = ["SERVERS", "Server", "free_port", "start_server"]
 
@@ -47,6 +49,8 @@ class Server:
     worker_pid: int = 0
     #: the address it listens on
     host: str = "127.0.0.1"
+    #: every worker pid seen (gunicorn), to stop whatever outlives the master
+    workers_seen: set[int] = field(default_factory=set)
 
     def stats(self, timeout: float = 10.0) -> dict[str, Any]:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
@@ -64,8 +68,23 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def workers(self) -> list[int]:
+        """The master's live children (the gunicorn workers), remembered for :meth:`stop`."""
+        if self.proc.poll() is not None:
+            return []
+        found = children(self.proc.pid)
+        self.workers_seen.update(found)
+        return found
+
+    def remember(self, pids: list[int]) -> None:
+        """Workers seen by someone else (the load generator), for :meth:`stop` too."""
+        self.workers_seen.update(pids)
+
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s; then the worker if it outlived its master."""
+        """SIGTERM, then SIGKILL after 10 s; then any worker that outlived its master."""
+        self.workers()
+        if self.worker_pid:
+            self.workers_seen.add(self.worker_pid)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -73,8 +92,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
-        if self.worker_pid and self.worker_pid != self.proc.pid and _is_ours(self.worker_pid):
-            os.kill(self.worker_pid, signal.SIGKILL)
+        for pid in sorted(self.workers_seen - {self.proc.pid}):
+            if _is_ours(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _is_ours(pid: int) -> bool:
@@ -95,16 +115,18 @@ def start_server(
     log_dir: Path,
     env: dict[str, str] | None = None,
     host: str = "127.0.0.1",
+    workers: int = 1,
 ) -> Server:
     """Start ``kind`` on a free port of ``host`` and wait until it answers ``/bench/stats``.
 
-    The ceilings listen on ``127.0.0.1`` only.
+    The ceilings listen on ``127.0.0.1`` only, in one process: ``workers``
+    (gunicorn's ``-w``) is for the real server.
     """
     port = free_port()
     python = [*taskset_prefix(SERVER_CPU), sys.executable]
     if kind == "real":
         cmd = [
-            *python, "-m", "gunicorn", "-k", "gevent", "-w", "1",
+            *python, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
             "-b", f"{host}:{port}",
             "--worker-connections", str(connections + 1000),
             "--backlog", "4096",
@@ -119,8 +141,8 @@ def start_server(
             "SSE_QUEUE_SIZE": str(queue_size),
         }
     elif kind.startswith("ceiling-"):
-        if host != "127.0.0.1":
-            raise ValueError(f"{kind} listens on 127.0.0.1 only, not {host}")
+        if host != "127.0.0.1" or workers != 1:
+            raise ValueError(f"{kind} is one process on 127.0.0.1 only, not {workers} on {host}")
         cmd = [
             *python, "-m", "benchmarks.ceiling", "--port", str(port),
             "--mode", kind.removeprefix("ceiling-"),

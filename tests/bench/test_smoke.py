@@ -1,8 +1,9 @@
 """The benchmark suite at tiny scale: every scenario runs and measures what it claims.
 
-These tests check correctness only (no event lost, every heartbeat on time,
-the slow client dropped while the others complete, every vanished stream
-released), never timings: the machine may be busy with other work. Each
+These tests check correctness only (no event lost or received twice, every
+heartbeat on time, the slow client dropped while the others complete, every
+vanished stream released, every stream back after a reload, every process
+stopped), never timings: the machine may be busy with other work. Each
 scenario runs against the real server (gunicorn -k gevent) and, where a
 ceiling makes sense, both raw gevent ceilings.
 """
@@ -67,6 +68,62 @@ def test_idle_every_stream_gets_every_heartbeat() -> None:
         assert step["heartbeats"] > 0
         assert step["meter"]["rss_before"] > 0
         assert "loadgen_cpu_pct" in step["meter"]
+
+
+def gone(pids: list[int | None]) -> list[int]:
+    """Those of ``pids`` still running."""
+    return [pid for pid in pids if pid is not None and Path(f"/proc/{pid}").exists()]
+
+
+def test_full_process_keeps_every_heartbeat_and_projects_from_its_slope() -> None:
+    (result,) = run_quick("full", (REAL,))
+    metrics = result["metrics"]
+    assert all(result["checks"].values()), failed_checks(result)
+    assert [step["streams"] for step in metrics["steps"]] == [100, 300]
+    assert metrics["late_after_s"] == 1.0
+    for step in metrics["steps"]:
+        assert step["late_streams"] == step["closed_streams"] == 0, step
+        assert step["heartbeats"] > 0
+    projected = metrics["projection"]
+    assert projected["streams"] == 100_000
+    assert projected["rss_mb"] > 0 and projected["heartbeats_per_s"] == 100_000
+    assert gone([result["pids"]["server"], *result["pids"]["workers"]]) == []
+
+
+def test_storm_brings_every_stream_back_with_nothing_lost_or_twice() -> None:
+    """A HUP to two workers on Redis: every stream's farewell, reconnection and replay."""
+    require(
+        None if redis_server_path() else "redis-server not found: apt-get install redis-server",
+        "SSE_REQUIRE_REDIS",
+    )
+    (result,) = run_quick("storm", (REAL,))
+    metrics, pids = result["metrics"], result["pids"]
+    assert result["broker"] == "redis"
+    assert all(result["checks"].values()), failed_checks(result)
+    assert metrics["lost"] == metrics["duplicated"] == metrics["resets"] == 0
+    assert metrics["farewells"] == metrics["streams"] == 100
+    assert metrics["published"] > 0
+    assert metrics["events"] == metrics["published"] * metrics["streams"] // metrics["channels"]
+    # Every stream reconnected once, after the HUP, and each is in the curve.
+    assert sum(metrics["reconnects_per_bucket"]) == 100
+    assert metrics["waited_ms_min"] > 0
+    assert len(pids["workers_before"]) == len(pids["workers_after"]) == 2
+    everything = [pids["server"], pids["redis"], pids["feeder"]]
+    everything += pids["workers"] + pids["workers_before"] + pids["workers_after"]
+    assert gone(everything) == []
+
+
+def test_churn_leaves_the_steady_streams_whole_and_gives_back_every_descriptor() -> None:
+    (result,) = run_quick("churn", (REAL,))
+    metrics = result["metrics"]
+    assert all(result["checks"].values()), failed_checks(result)
+    for window in ("quiet", "churn"):
+        assert metrics[window]["lost"] == metrics[window]["disorder"] == 0
+        assert metrics[window]["samples"] == metrics[window]["events"] * metrics["streams"] > 0
+    assert metrics["churn_opened"] > 0 and metrics["churn_failed"] == 0
+    assert metrics["fds_after"] <= metrics["fds_before"]
+    assert metrics["connections_after"] == metrics["streams"] == 100
+    assert gone([result["pids"]["server"], *result["pids"]["workers"]]) == []
 
 
 def test_fanout_loses_nothing() -> None:
@@ -176,12 +233,33 @@ def test_charts_are_drawn_from_a_report(tmp_path: Path) -> None:
                 "server": REAL,
                 "label": "idle hb=15s",
                 "metrics": {
-                    "steps": [{"streams": 10, "rss_mb": 30.0}, {"streams": 20, "rss_mb": 31.0}]
+                    "heartbeat_interval": 15.0,
+                    "steps": [
+                        {"streams": 10, "rss_mb": 30.0, "server_cpu_pct": 0.1},
+                        {"streams": 20, "rss_mb": 31.0, "server_cpu_pct": 0.2},
+                    ],
                 },
-            }
+            },
+            {
+                "scenario": "storm",
+                "server": REAL,
+                "broker": "redis",
+                "metrics": {
+                    "streams": 3,
+                    "bucket_s": 0.1,
+                    "farewells_per_bucket": [3],
+                    "reconnects_per_bucket": [0, 1, 0, 2],
+                    "caught_up_max_s": 0.35,
+                },
+            },
         ],
     }
     drawn, why_not = write_charts(report, tmp_path)
     assert why_not is None
-    assert sorted(path.name for path in drawn) == ["latency-cdf.png", "rss-streams.png"]
+    assert sorted(path.name for path in drawn) == [
+        "cpu-heartbeats.png",
+        "latency-cdf.png",
+        "rss-streams.png",
+        "storm-reconnects.png",
+    ]
     assert all(path.read_bytes().startswith(b"\x89PNG") for path in drawn)
