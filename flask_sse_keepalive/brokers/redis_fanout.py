@@ -62,6 +62,10 @@ BACKOFF_CAP = 2.5
 PROBE_TIMEOUT = 3.0
 #: How long subscribing may take before the connection is deemed broken.
 SUBSCRIBE_TIMEOUT = 10.0
+#: An outage (one warning) lasts until a connection has served this long (s)
+#: and, with the probe on, has delivered a message: a link that flaps, or
+#: connects and then loses its probe, is one incident, not one per attempt.
+RECOVERED_AFTER = 10.0
 
 #: what Redis sends a subscriber, plain and sharded (a Cluster)
 _MESSAGES = (b"message", b"smessage")
@@ -172,7 +176,15 @@ class Fanout:
         self.last_batch: tuple[str, bytes] = ("", b"")
         self.probing = False  # the probe channel is subscribed on this connection
         self.probe_sent_at = 0.0
+        #: when the connection last delivered a message (an event or the
+        #: probe): only that proves the bus works, never a confirmation
         self.last_message = 0.0
+        self.connected_at = 0.0
+        self.delivered = False  # a message came on this connection
+        #: an outage was reported and is not over yet, and the connections
+        #: attempted since it began
+        self.incident = False
+        self.attempts = 0
         #: connections made and probes that never came back, since start
         self.reconnects = 0
         self.probes_lost = 0
@@ -277,11 +289,15 @@ class Fanout:
         try:
             while True:
                 reply = connection.read_response()
-                self.last_message = time.monotonic()
                 if not isinstance(reply, list):
                     continue
                 kind = reply[0]
                 if kind in _MESSAGES:
+                    # Confirmations do not count: a connection attached to a
+                    # node that no longer gets the publishes still confirms
+                    # its subscriptions, and would never look quiet.
+                    self.last_message = time.monotonic()
+                    self.delivered = True
                     if reply[1] == probe_channel:
                         if reply[2].decode() == self.probe_sent:
                             self.probe_sent = None  # it came back: the bus works
@@ -378,35 +394,61 @@ class Fanout:
     # -- the supervisor -------------------------------------------------------
 
     def _supervise(self) -> None:
+        """Connect, serve, and after a failure reconnect with backoff.
+
+        One incident, one warning: the first failure is logged at WARNING,
+        and every later one at DEBUG until a connection has proved itself
+        (see :data:`RECOVERED_AFTER`); then ``is back`` is logged at INFO.
+        A connection that merely connects is no proof: a link that flaps,
+        or that connects and then loses its probe, is still the same
+        incident.
+        """
         failures = 0
-        lost = False  # an outage was reported and is not over yet
         while not self.stopped.is_set():
             self.served = False
             try:
+                if self.incident:
+                    self.attempts += 1
                 self._connect()
-                if lost:
-                    log.info("Redis pub/sub connection is back after %d attempts", failures)
-                    lost = False
                 self._serve()
             except (*CONNECTION_ERRORS, redis.ResponseError, _Lost) as exc:
                 if self.stopped.is_set():
                     return
-                # Said once per outage; the retries are debug noise.
-                level = logging.DEBUG if lost else logging.WARNING
+                # Said once per incident; the retries are debug noise.
+                level = logging.DEBUG if self.incident else logging.WARNING
                 log.log(level, "Redis pub/sub connection lost (%s); reconnecting", exc)
-                lost = True
+                self._begin_incident()
             except Exception:
                 if self.stopped.is_set():
                     return
                 # A bug or a bad setting must not leave the streams unserved
                 # for good: say it (with the traceback), and try again.
                 log.exception("the Redis fan-out failed; reconnecting")
-                lost = True
+                self._begin_incident()
             finally:
                 self._disconnect()
             # A connection that worked starts the backoff over.
             failures = 1 if self.served else failures + 1
             self.stopped.wait(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**failures)))
+
+    def _begin_incident(self) -> None:
+        if not self.incident:
+            self.incident = True
+            self.attempts = 0
+
+    def _until_recovered(self) -> float:
+        """End the incident once this connection has proved itself (see
+        :data:`RECOVERED_AFTER`); how long until it is worth looking again."""
+        if not self.incident:
+            return 60.0
+        if self.probe_interval is not None and not self.delivered:
+            return self.probe_interval  # the probe comes back, or ends the connection
+        left = self.connected_at + RECOVERED_AFTER - time.monotonic()
+        if left > 0:
+            return left
+        self.incident = False
+        log.info("Redis pub/sub connection is back after %d attempts", self.attempts)
+        return 60.0
 
     def _connect(self) -> None:
         kwargs = {**self.pool.connection_kwargs, "socket_timeout": None}
@@ -418,7 +460,8 @@ class Fanout:
         self.probing = False
         self.outstanding = 0
         self.probe_sent = None
-        self.last_message = time.monotonic()
+        self.connected_at = self.last_message = time.monotonic()
+        self.delivered = False
         self.acked.set()
         self.dirty = True
         self.listener = threading.Thread(
@@ -454,7 +497,7 @@ class Fanout:
                 self._work()
                 self.served = True
                 continue
-            self.wake.wait(self._probe())
+            self.wake.wait(min(self._probe(), self._until_recovered()))
 
     def _probe(self) -> float:
         """Check that the subscription still gets what is published: after a

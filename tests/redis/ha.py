@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -47,6 +48,10 @@ class Relay:
         #: these bytes (``None``: every connection)
         self.only: bytes | None = None
         self._held: set[socket.socket] | None = None
+        #: see :meth:`mute`: the bytes that pick the muted connections, and
+        #: whether connections opened later are muted too
+        self._mute: tuple[bytes, bool] | None = None
+        self._muted: set[socket.socket] | None = None
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._listener.setblocking(False)
@@ -64,6 +69,18 @@ class Relay:
     def resume(self) -> None:
         self.paused.clear()
 
+    def mute(self, only: bytes, *, later: bool = False) -> None:
+        """Drop the pub/sub messages the target sends, and forward the rest
+        (replies, subscribe and unsubscribe confirmations), on the
+        connections open now whose client sent ``only`` (``later``: and on
+        those opened from now on). As a node that no longer gets the
+        publishes but still answers its subscribers."""
+        self._muted = None
+        self._mute = (only, later)
+
+    def unmute(self) -> None:
+        self._mute = None
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
@@ -76,6 +93,8 @@ class Relay:
         from_target: set[socket.socket] = set()
         #: the first bytes each client sent, by the socket to the target
         sent: dict[socket.socket, bytes] = {}
+        #: the start of a reply not read whole yet, on a muted connection
+        unread: dict[socket.socket, bytes] = {}
         while not self._stop.is_set():
             for key, _ in selector.select(timeout=0.05):
                 sock = key.fileobj
@@ -113,12 +132,23 @@ class Relay:
                             peers.pop(one, None)
                             from_target.discard(one)
                             sent.pop(one, None)
+                            unread.pop(one, None)
                             with contextlib.suppress(KeyError, ValueError):
                                 selector.unregister(one)
                             one.close()
                     continue
                 if other in from_target and len(sent.get(other, b"")) < 65536:
                     sent[other] = sent.get(other, b"") + data
+                mute = self._mute
+                if mute is not None and sock in from_target:
+                    if self._muted is None:
+                        self._muted = {s for s in from_target if mute[0] in sent.get(s, b"")}
+                    if sock in self._muted or (mute[1] and mute[0] in sent.get(sock, b"")):
+                        data, unread[sock] = _without_messages(unread.get(sock, b"") + data)
+                        if not data:
+                            continue  # only messages, or a reply not read whole
+                elif sock in unread:
+                    data = unread.pop(sock) + data  # unmuted halfway through a reply
                 try:
                     other.setblocking(True)
                     other.sendall(data)
@@ -131,6 +161,42 @@ class Relay:
             sock.close()
 
 
+#: how a pub/sub message starts (RESP2), plain and sharded
+_MESSAGE_STARTS = (b"*3\r\n$7\r\nmessage\r\n", b"*3\r\n$8\r\nsmessage\r\n")
+
+
+def _reply_end(buffer: bytes, start: int) -> int | None:
+    """Where the RESP2 reply at ``start`` ends; ``None``: not all read yet."""
+    line_end = buffer.find(b"\r\n", start)
+    if line_end == -1:
+        return None
+    kind, size = buffer[start : start + 1], buffer[start + 1 : line_end]
+    position = line_end + 2
+    if kind == b"$" and int(size) >= 0:
+        position += int(size) + 2
+        return position if len(buffer) >= position else None
+    if kind == b"*":
+        for _ in range(max(int(size), 0)):
+            end = _reply_end(buffer, position)
+            if end is None:
+                return None
+            position = end
+    return position
+
+
+def _without_messages(buffer: bytes) -> tuple[bytes, bytes]:
+    """The whole replies in ``buffer`` but the pub/sub messages, and the rest."""
+    kept, position = [], 0
+    while position < len(buffer):
+        end = _reply_end(buffer, position)
+        if end is None:
+            break
+        if not buffer.startswith(_MESSAGE_STARTS, position):
+            kept.append(buffer[position:end])
+        position = end
+    return b"".join(kept), buffer[position:]
+
+
 def redis_command(path: str, port: int, directory: Path, *extra: str) -> list[str]:
     return [
         path, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -140,13 +206,25 @@ def redis_command(path: str, port: int, directory: Path, *extra: str) -> list[st
 
 class SentinelSetup:
     """A primary, a replica (replicating through an optional :class:`Relay`)
-    and three Sentinels monitoring them as ``service``."""
+    and three Sentinels monitoring them as ``service``; ``password``: the
+    Redis servers require it, ``sentinel_password``: the Sentinels require
+    it (of clients and of each other)."""
 
     service = "ssetest"
 
-    def __init__(self, path: str, root: Path, *, relay: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        root: Path,
+        *,
+        relay: bool = False,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
         self.path = path
         self.root = root
+        self.password = password
+        self.sentinel_password = sentinel_password
         self.servers: list[Server] = []
         self.relay: Relay | None = None
         try:
@@ -168,6 +246,8 @@ class SentinelSetup:
             raise
 
     def _redis(self, name: str, *extra: str) -> Server:
+        if self.password is not None:
+            extra = (*extra, "--requirepass", self.password, "--masterauth", self.password)
         port = free_port()
         directory = self.root / f"{name}-{port}"
         directory.mkdir(parents=True)
@@ -195,6 +275,17 @@ class SentinelSetup:
             # through the relay; a failover itself takes a few seconds.
             f"sentinel failover-timeout {self.service} 60000\n"
             f"sentinel parallel-syncs {self.service} 1\n"
+            + (
+                f"sentinel auth-pass {self.service} {self.password}\n"
+                if self.password is not None
+                else ""
+            )
+            + (
+                f"requirepass {self.sentinel_password}\n"
+                f"sentinel sentinel-pass {self.sentinel_password}\n"
+                if self.sentinel_password is not None
+                else ""
+            )
         )
         proc = subprocess.Popen(
             [self.path, str(config), "--sentinel"],
@@ -208,7 +299,7 @@ class SentinelSetup:
 
     def _sentinels_ready(self) -> bool:
         for sentinel in self.sentinels:
-            client = redis.Redis(port=sentinel.port, socket_timeout=1, decode_responses=True)
+            client = self.sentinel_client(sentinel, decode_responses=True)
             if len(client.sentinel_slaves(self.service)) != 1:
                 return False
             if len(client.sentinel_sentinels(self.service)) != 2:
@@ -217,14 +308,20 @@ class SentinelSetup:
 
     @property
     def url(self) -> str:
+        """The broker URL, without passwords."""
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
         return f"redis+sentinel://{hosts}/{self.service}/0"
 
     def client(self, server: Server) -> redis.Redis:
-        return redis.Redis(port=server.port, socket_timeout=2)
+        return redis.Redis(port=server.port, socket_timeout=2, password=self.password)
+
+    def sentinel_client(self, sentinel: Server, **options: Any) -> redis.Redis:
+        return redis.Redis(
+            port=sentinel.port, socket_timeout=1, password=self.sentinel_password, **options
+        )
 
     def primary_port(self) -> int:
-        client = redis.Redis(port=self.sentinels[0].port, socket_timeout=1)
+        client = self.sentinel_client(self.sentinels[0])
         _, port = client.sentinel_get_master_addr_by_name(self.service)
         return int(port)
 
