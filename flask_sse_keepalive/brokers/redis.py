@@ -10,7 +10,8 @@ Each process holds a constant number of Redis connections, whatever its number
 of clients and channels: a process that serves streams has **one pub/sub
 connection and one control connection** (subscribing, replay; see
 :mod:`.redis_fanout`) and one that reports to the cluster view (see
-:mod:`.redis_presence`), and a process that publishes has a pool of **at most 4
+:mod:`.redis_presence`; up to 3 more, opened only while reads of the view
+overlap), and a process that publishes has a pool of **at most 4
 publishing connections**, opened as concurrent publishes need them (the URL's
 ``?max_connections=`` changes that number). All are made lazily, in the
 process that uses them, and made anew after a fork (a broker created in a
@@ -33,6 +34,7 @@ from ..event import Event
 from .base import Broker, BrokerUnavailable, Published, Subscriber, format_id
 from .redis_connect import SCHEMES, Endpoint, NotExecuted, endpoint_for
 from .redis_fanout import Fanout
+from .redis_presence import CONNECTIONS as PRESENCE_CONNECTIONS
 from .redis_presence import RedisPresence
 from .redis_schema import (
     CONNECTION_ERRORS,
@@ -111,7 +113,7 @@ class _Process:
         if self._presence is None:
             with self._lock:
                 if self._presence is None:
-                    client = redis.Redis(connection_pool=self._pool(1))
+                    client = redis.Redis(connection_pool=self._pool(PRESENCE_CONNECTIONS))
                     self._presence = RedisPresence(self.broker.keys, client)
         return self._presence
 

@@ -17,7 +17,12 @@ gevent's monkey-patching, a real thread in a plain process.
 Reading: :meth:`RedisPresence.processes` reads every report when asked (for
 ``sse.cluster_stats()``); :meth:`RedisPresence.remote_subscribers` reads one
 channel's count in each other process at most once per cache period, so that
-a "12 watching" badge costs a dictionary lookup on most requests.
+a "12 watching" badge costs a dictionary lookup on most requests. When the
+cached count of a channel is out of date, the first call reads it again and
+the calls for that channel meanwhile wait for its answer (one read, however
+many ask at once). The client's pool has :data:`CONNECTIONS` connections, so
+that the reporter, ``cluster_stats()`` and the reads of different channels
+do not queue behind one another.
 """
 
 from __future__ import annotations
@@ -52,6 +57,12 @@ log = logging.getLogger("flask_sse_keepalive.redis")
 GOODBYE_SECONDS = 1.0
 #: Channels whose remote counts are cached; beyond, the stale ones are dropped.
 CACHED_CHANNELS = 10_000
+#: Connections of the client (see :class:`RedisPresence`): the reporter's, and
+#: the reads' as they overlap, each opened only when needed.
+CONNECTIONS = 4
+#: How long a call waits for another call's read of the same channel before
+#: it answers with the last count read.
+SHARED_READ_WAIT = 5.0
 
 _ERRORS = (*CONNECTION_ERRORS, redis.ResponseError)
 
@@ -60,8 +71,9 @@ class RedisPresence(Presence):
     """One broker's part in the cluster view, in one process.
 
     :param keys: the broker's key names.
-    :param client: a client of its own (one connection), so that the view
-        never waits behind publishing or replay, nor they behind it.
+    :param client: a client of its own (a pool of :data:`CONNECTIONS`), so
+        that the view never waits behind publishing or replay, nor they
+        behind it.
     """
 
     def __init__(self, keys: Keys, client: redis.Redis) -> None:
@@ -82,6 +94,8 @@ class RedisPresence(Presence):
         self._ids_at = float("-inf")
         #: channel -> (subscribers in the other processes, when read)
         self._remote: dict[str, tuple[int, float]] = {}
+        #: channel -> set once the read under way for it is done
+        self._reading: dict[str, threading.Event] = {}
         #: an outage was logged and is not over yet
         self._outage = False
         self._figures_failed = False
@@ -127,6 +141,26 @@ class RedisPresence(Presence):
         cached = self._remote.get(channel)
         if cached is not None and now - cached[1] < max_age:
             return cached[0]
+        with self._lock:
+            done = self._reading.get(channel)
+            leading = done is None
+            if done is None:
+                done = self._reading[channel] = threading.Event()
+        if not leading:
+            # Another call is reading this channel: share its answer.
+            done.wait(SHARED_READ_WAIT)
+            cached = self._remote.get(channel)
+            return 0 if cached is None else cached[0]
+        try:
+            return self._read_remote(channel, now, max_age, cached)
+        finally:
+            with self._lock:
+                del self._reading[channel]
+            done.set()
+
+    def _read_remote(
+        self, channel: str, now: float, max_age: float, cached: tuple[int, float] | None
+    ) -> int:
         count = 0 if cached is None else cached[0]
         try:
             if now - self._ids_at >= max_age:

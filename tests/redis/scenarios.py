@@ -18,6 +18,7 @@ if __name__ == "__main__" and sys.argv[1:2] != ["publish"]:
     monkey.patch_all()
 
 import json
+import logging
 import os
 import random
 import subprocess
@@ -463,6 +464,51 @@ def report_fork(url: str) -> dict:
     }
 
 
+def count_rush(url: str, callers: str) -> dict:
+    """Many greenlets ask one channel's ``subscriber_count`` at once, just as
+    its cached count is out of date, while Redis stalls for longer than a
+    pool's wait (1 s) and the process's reporter writes meanwhile: they share
+    one read, and nothing says Redis is unreachable."""
+    admin = redis.Redis.from_url(url)
+    said: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = said.append  # type: ignore[method-assign]
+    logger = logging.getLogger("flask_sse_keepalive")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    other, reader = RedisBroker(url), RedisBroker(url)
+    other.presence().start(lambda: {"id": "other", "pid": 1, "channels": {"news": 2}}, 5.0)
+    reader.presence().start(lambda: {"id": "reader", "pid": os.getpid(), "channels": {}}, 0.1)
+    presence = reader.presence()
+    wait_until(lambda: presence.remote_subscribers("news", 0.05) == 2, 5, "the other's report")
+
+    def hgets() -> int:
+        return int(admin.info("commandstats").get("cmdstat_hget", {}).get("calls", 0))
+
+    def rush(stall_ms: int) -> dict:
+        gevent.sleep(0.1)  # the cached count is out of date
+        before = hgets()
+        if stall_ms:
+            admin.client_pause(stall_ms)
+        started = time.monotonic()
+        greenlets = [
+            gevent.spawn(presence.remote_subscribers, "news", 0.05) for _ in range(int(callers))
+        ]
+        gevent.joinall(greenlets, timeout=20)
+        answers = [g.value if g.successful() else repr(g.exception) for g in greenlets]
+        return {
+            "answers": sorted(set(map(str, answers))),
+            "hgets": hgets() - before,
+            "seconds": time.monotonic() - started,
+        }
+
+    observed = {"calm": rush(0), "stalled": rush(1500)}
+    other.close()
+    reader.close()
+    observed["warnings"] = [r.getMessage() for r in said if r.levelno >= logging.WARNING]
+    return observed
+
+
 SCENARIOS: dict[str, Callable[..., dict]] = {
     "seam": seam,
     "publish": publish,
@@ -472,6 +518,7 @@ SCENARIOS: dict[str, Callable[..., dict]] = {
     "down": down,
     "fork": fork,
     "report_fork": report_fork,
+    "count_rush": count_rush,
 }
 
 if __name__ == "__main__":

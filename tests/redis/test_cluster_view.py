@@ -414,3 +414,17 @@ def test_a_forked_child_does_not_keep_the_parents_reporter(redis_url: str) -> No
     assert set(result["seen_during_child"]) == {result["parent_pid"]}
     assert result["child"]["own_report_pid"] == result["child"]["pid"] != result["parent_pid"]
     assert result["parent_reports_after"] > result["parent_reports_before"]
+
+
+def test_concurrent_counts_of_one_channel_share_one_read_and_do_not_cry_wolf(
+    redis_url: str,
+) -> None:
+    result = run_scenario("count_rush", redis_url, "50")
+    # 50 answers, all right, from one HGET (one other process): one read
+    # for all of them; also when Redis stalls for 1.5 s, longer than a
+    # pool's 1 s wait, and the process's reporter writes meanwhile.
+    for rush in (result["calm"], result["stalled"]):
+        assert rush["answers"] == ["2"], result
+        assert rush["hgets"] == 1, result
+    assert 1.0 < result["stalled"]["seconds"] < 10, result
+    assert result["warnings"] == [], result
