@@ -37,7 +37,12 @@ from redis.connection import (
 )
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPoolProxy, SentinelManagedConnection
+from redis.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPoolProxy,
+    SentinelManagedConnection,
+)
 
 __all__ = ["SCHEMES", "Endpoint", "NotExecuted", "endpoint_for"]
 
@@ -156,6 +161,32 @@ class _SentinelPrimarySSLConnection(_SentinelPrimaryConnection, SSLConnection):
     pass
 
 
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel manager, whose error when no Sentinel names the
+    primary says in a few words what each answered (a refused password, a
+    Sentinel that is down), rather than a client's full description."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        answers = []
+        for index, sentinel in enumerate(self.sentinels):
+            options = sentinel.connection_pool.connection_kwargs
+            where = f"{options.get('host')}:{options.get('port')}"
+            try:
+                masters: Any = sentinel.sentinel_masters()
+            except (redis.ConnectionError, redis.TimeoutError, ResponseError) as exc:
+                answers.append(f"{where}: {type(exc).__name__}: {exc}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                # The next look starts with the Sentinel that knew (as redis-py does).
+                self.sentinels[0], self.sentinels[index] = sentinel, self.sentinels[0]
+                return str(state["ip"]), int(state["port"])
+            answers.append(f"{where}: no healthy primary")
+        raise MasterNotFoundError(
+            f"no Sentinel names a primary for {service_name!r} ({'; '.join(answers)})"
+        )
+
+
 def _sentinel(url: str, netloc: str, path: str, options: dict[str, Any], tls: bool) -> Endpoint:
     segments = [unquote(s) for s in path.split("/") if s]
     if not segments:
@@ -176,7 +207,7 @@ def _sentinel(url: str, netloc: str, path: str, options: dict[str, Any], tls: bo
         for name, value in options.items():
             if name.startswith("ssl_"):
                 sentinel_kwargs[name] = value
-    manager = Sentinel(_hosts(netloc, 26379), sentinel_kwargs=sentinel_kwargs)
+    manager = _Sentinels(_hosts(netloc, 26379), sentinel_kwargs=sentinel_kwargs)
     kwargs = {**options, "db": db}
 
     def attach(pool: Any) -> None:

@@ -9,9 +9,13 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.conftest import ROOT, Server, server_environ
+from tests.conftest import ROOT, Server, redis_server_path, server_environ
+from tests.wire import RawStream
+
+from .ha import SentinelSetup
 
 APP = "tests.apps.redis_app:app"
 
@@ -99,3 +103,50 @@ def run_scenario(name: str, *args: str, timeout: float = 60) -> dict:
     )
     assert proc.returncode == 0, f"scenario {name} failed:\n{proc.stderr.decode()[-4000:]}"
     return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+
+
+def publish_on_a(server: Server, data: str) -> str:
+    response = httpx.post(
+        f"{server.url}/control/publish", json={"data": data, "channel": "a"}, timeout=10
+    )
+    response.raise_for_status()
+    return str(response.json()["ids"][0])
+
+
+def publish_stream_resume(server: Server) -> None:
+    """Events published through the app reach its stream; a resume gets exactly
+    what was missed, then live events."""
+    stream = RawStream(server.port, "/stream?channel=a")
+    stream.wait_for(lambda s: "sse-keepalive subscribed" in s.parser.comments, 10, "subscribed")
+    first = publish_on_a(server, "one")
+    stream.wait_for(lambda s: s.events, 10, "the first event")
+    assert [(e.data, e.last_event_id) for e in stream.events] == [("one", first)]
+    stream.close()
+    missed = [publish_on_a(server, "two"), publish_on_a(server, "three")]
+    again = RawStream(server.port, "/stream?channel=a", {"Last-Event-ID": first})
+    again.wait_for(lambda s: len(s.events) == 2, 10, "the two missed events")
+    live = publish_on_a(server, "four")
+    again.wait_for(lambda s: len(s.events) == 3, 10, "a live event after the replay")
+    assert [(e.type, e.data, e.last_event_id) for e in again.events] == [
+        ("message", "two", missed[0]),
+        ("message", "three", missed[1]),
+        ("message", "four", live),
+    ]
+
+
+@pytest.fixture
+def sentinels(tmp_path) -> Iterator[Callable[..., SentinelSetup]]:
+    """``sentinels(**options)``: a primary, a replica and three Sentinels
+    (see :class:`~tests.redis.ha.SentinelSetup`), stopped at teardown."""
+    path = redis_server_path()
+    if path is None:
+        pytest.fail("redis-server is not on PATH")
+    made: list[SentinelSetup] = []
+
+    def make(**kwargs: Any) -> SentinelSetup:
+        made.append(SentinelSetup(path, tmp_path / f"ha{len(made)}", **kwargs))
+        return made[-1]
+
+    yield make
+    for setup in made:
+        setup.close()

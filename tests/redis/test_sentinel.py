@@ -17,32 +17,15 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import redis
 
-from tests.conftest import Server, redis_server_path
+from tests.conftest import Server
 
 from .clients import Client, Fleet
 from .conftest import Publisher
 from .ha import SentinelSetup, wait
-
-
-@pytest.fixture
-def sentinels(tmp_path) -> Iterator[Callable[..., SentinelSetup]]:
-    path = redis_server_path()
-    if path is None:
-        pytest.fail("redis-server is not on PATH")
-    made: list[SentinelSetup] = []
-
-    def make(**kwargs: Any) -> SentinelSetup:
-        made.append(SentinelSetup(path, tmp_path / f"ha{len(made)}", **kwargs))
-        return made[-1]
-
-    yield make
-    for setup in made:
-        setup.close()
 
 
 @pytest.fixture

@@ -15,16 +15,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from flask_sse_keepalive import BrokerUnavailable
 from flask_sse_keepalive.brokers.redis import RedisBroker
 from flask_sse_keepalive.event import Event
-from tests.conftest import Server, free_port, redis_server_path, stop_process, wait_for_port
-from tests.wire import RawStream
+from tests.conftest import free_port, redis_server_path, stop_process, wait_for_port
 
-from .conftest import app_env
+from .conftest import app_env, publish_stream_resume
 
 APP = "tests.apps.redis_app:app"
 
@@ -135,35 +133,6 @@ def unix_redis(redis_process, tmp_path: Path) -> Path:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"redis-server did not listen on {path} within 10 s") from None
             time.sleep(0.05)
-
-
-def publish(server: Server, data: str) -> str:
-    response = httpx.post(
-        f"{server.url}/control/publish", json={"data": data, "channel": "a"}, timeout=10
-    )
-    response.raise_for_status()
-    return str(response.json()["ids"][0])
-
-
-def publish_stream_resume(server: Server) -> None:
-    """Events published through the app reach its stream; a resume gets exactly
-    what was missed, then live events."""
-    stream = RawStream(server.port, "/stream?channel=a")
-    stream.wait_for(lambda s: "sse-keepalive subscribed" in s.parser.comments, 10, "subscribed")
-    first = publish(server, "one")
-    stream.wait_for(lambda s: s.events, 10, "the first event")
-    assert [(e.data, e.last_event_id) for e in stream.events] == [("one", first)]
-    stream.close()
-    missed = [publish(server, "two"), publish(server, "three")]
-    again = RawStream(server.port, "/stream?channel=a", {"Last-Event-ID": first})
-    again.wait_for(lambda s: len(s.events) == 2, 10, "the two missed events")
-    live = publish(server, "four")
-    again.wait_for(lambda s: len(s.events) == 3, 10, "a live event after the replay")
-    assert [(e.type, e.data, e.last_event_id) for e in again.events] == [
-        ("message", "two", missed[0]),
-        ("message", "three", missed[1]),
-        ("message", "four", live),
-    ]
 
 
 def test_rediss_with_the_ca_in_the_url(gunicorn, tls_redis, certificates) -> None:
