@@ -23,10 +23,14 @@ from typing import Any
 
 from .procinfo import children, taskset_prefix
 
-__all__ = ["SERVERS", "Server", "free_port", "start_server"]
+__all__ = ["REAL", "SEND", "SENDALL", "SERVERS", "Server", "free_port", "start_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVERS = ("real", "ceiling-send", "ceiling-sendall")
+#: the server under test and its two ceilings, in the report's column order
+REAL = "real"
+SEND = "ceiling-send"
+SENDALL = "ceiling-sendall"
+SERVERS = (REAL, SEND, SENDALL)
 SERVER_CPU = 0
 LOADGEN_CPU = 1
 
@@ -124,7 +128,7 @@ def start_server(
     """
     port = free_port()
     python = [*taskset_prefix(SERVER_CPU), sys.executable]
-    if kind == "real":
+    if kind == REAL:
         cmd = [
             *python, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
             "-b", f"{host}:{port}",
