@@ -45,6 +45,11 @@ __all__ = ["ABORT_REASONS", "CloseReason", "Connection", "Mode", "Producer"]
 
 log = logging.getLogger("flask_sse_keepalive")
 
+#: what a socket reports when TCP gave up on a peer that stopped answering
+_UNREACHABLE = frozenset(
+    (errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN)
+)
+
 #: Why a stream ended (``client_disconnected``'s ``reason``): the peer went
 #: away, the worker is stopping, the client could not keep up,
 #: ``SSE_MAX_STREAM_SECONDS`` was reached, the server failed, an
@@ -339,13 +344,16 @@ class Connection:
         """End the stream after its socket failed with ``exc``.
 
         ``ETIMEDOUT`` is the kernel's dead-peer bound (``TCP_USER_TIMEOUT``):
-        nothing sent was acknowledged for that long. With a backlog waiting,
-        the client may be alive with its window shut (Linux applies the bound
-        to window probes too): it could not keep up, so it is dropped as
-        ``slow``; otherwise it vanished (``timeout``). Anything else: the
-        client went away.
+        nothing sent was acknowledged for that long. When the way to the
+        client failed meanwhile (its address stopped answering ARP, a router
+        said it is unreachable), Linux reports that error in its place: the
+        client vanished all the same. With a backlog waiting, the client may
+        be alive with its window shut (Linux applies the bound to window
+        probes too): it could not keep up, so it is dropped as ``slow``;
+        otherwise it vanished (``timeout``). Anything else: the client went
+        away.
         """
-        if exc.errno != errno.ETIMEDOUT:
+        if exc.errno not in _UNREACHABLE:
             self.close("client")
         elif self.backlog:
             self._drop_slow("nothing acknowledged within the dead-peer bound")

@@ -87,6 +87,23 @@ class Namespace:
         """``argv`` run inside the client namespace."""
         return ["ip", "netns", "exec", self.name, *argv]
 
+    def forget_fast(self) -> None:
+        """Make this host give up on the client's address within a fraction
+        of a second of it going silent (ARP: short reachable time, one probe),
+        as a host does that has not heard from a neighbour for a while: TCP
+        then meets "no route to host" while it retransmits."""
+        neigh = f"/proc/sys/net/ipv4/neigh/{self.host_link}"
+        for name, value in (
+            ("base_reachable_time_ms", "100"),
+            ("delay_first_probe_time", "0"),
+            ("ucast_solicit", "1"),
+            ("mcast_solicit", "1"),
+            ("app_solicit", "0"),
+            ("retrans_time_ms", "100"),
+        ):
+            with open(f"{neigh}/{name}", "w") as knob:
+                knob.write(value)
+
     def cut(self) -> None:
         """The client vanishes: its link goes down, nothing more is sent or acknowledged."""
         _ip("link", "set", self.client_link, "down", namespace=self.name)

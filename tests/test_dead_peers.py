@@ -153,6 +153,22 @@ def test_a_silently_vanished_client_is_released_within_the_bound(netns, server_o
     assert stats(server)["disconnects"] == {"timeout": 1}
 
 
+def test_a_vanished_client_whose_address_stops_answering_is_released_as_timeout(
+    netns, server_on, clients
+):
+    # Once the host's neighbour entry for the client fails, TCP meets "no
+    # route to host" while it retransmits, and reports that, not ETIMEDOUT,
+    # when the bound expires: the client vanished all the same.
+    netns.forget_fast()
+    server = server_on(netns.host_ip, {"SSE_HEARTBEAT_INTERVAL": "2"})
+    clients(netns, server, "/stream?channel=a", 20)
+    wait(lambda: stats(server)["connections"] == 20, 10, "20 streams")
+    netns.cut()
+    took = wait(lambda: stats(server)["connections"] == 0, 15, "the release")
+    assert took < 8, f"released {took:.1f} s after the cut"
+    assert stats(server)["disconnects"] == {"timeout": 20}
+
+
 def test_without_the_bound_the_vanished_client_stays(netns, server_on, clients):
     # The control: a dead-peer timeout far away, and the stream is held on.
     server = server_on(
