@@ -15,8 +15,12 @@ is over, which must come back to where they were.
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
+import socket
 import time
 from array import array
+from collections import Counter
 from typing import Any
 
 from .client import StreamClient, stream_request
@@ -27,21 +31,72 @@ __all__ = ["Churner", "churn"]
 
 #: How often the churner starts its next batch of connections, in seconds.
 TICK = 0.01
+#: Linux: bind the source address only, the port is chosen at ``connect``.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+def source_addresses(host: str, count: int) -> list[str | None]:
+    """Loopback source addresses to spread the churn over (``[None]``: the kernel's choice).
+
+    Each (source, destination) pair has one range of ephemeral ports
+    (``/proc/sys/net/ipv4/ip_local_port_range``, 28,232 by default), and the
+    side that closes first, the churner, keeps each port in TIME_WAIT for
+    60 s: 2,000 connections a second from one address would need 120,000.
+    Spread over ``count`` addresses of 127.0.0.0/8 they stay well under the
+    range without relying on ``tcp_tw_reuse``.
+    """
+    address = ipaddress.ip_address(host)
+    if not address.is_loopback or address.version != 4 or count <= 1:
+        return [None]
+    return [str(ipaddress.IPv4Address("127.0.0.2") + i) for i in range(count)]
+
+
+def describe(exc: BaseException) -> str:
+    """An error and what caused it, on one line."""
+    text = repr(exc)
+    cause = exc.__cause__ or exc.__context__
+    return f"{text} (caused by {cause!r})" if cause is not None else text
 
 
 class Churner:
-    """Opens ``rate`` short-lived streams per second for a while; counts how it went."""
+    """Opens ``rate`` short-lived streams per second for a while; counts how it went.
 
-    def __init__(self, host: str, port: int, rate: float, channel: str = "churn") -> None:
+    At most ``in_flight`` are connecting or waiting for their first bytes at
+    once: a server slower than ``rate`` makes the churner fall behind
+    (``behind`` counts the connections it did not start), not pile up
+    sockets until the generator runs out of descriptors.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        rate: float,
+        channel: str = "churn",
+        *,
+        in_flight: int = 1000,
+        sources: int = 8,
+        timeout: float = 10.0,
+    ) -> None:
         self.host = host
         self.port = port
         self.rate = rate
+        self.in_flight = in_flight
+        self.timeout = timeout
         self.request = stream_request(f"/stream?channel={channel}", host)
+        self.sources = source_addresses(host, sources)
         self.opened = 0
         self.failed = 0
-        self.errors: list[str] = []
+        #: connections due that were not started: ``in_flight`` were pending
+        self.behind = 0
+        #: the most pending at once
+        self.peak_in_flight = 0
+        #: failures by kind, and the first of each kind with its cause
+        self.errors: Counter[str] = Counter()
+        self.first_errors: dict[str, str] = {}
         self._live: set[StreamClient] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._started = 0
 
     async def run(self, duration: float) -> float:
         """Churn for ``duration`` seconds, then wait for the last ones; the seconds it took."""
@@ -50,32 +105,69 @@ class Churner:
         while (elapsed := time.monotonic() - began) < duration:
             due = int(elapsed * self.rate) + 1
             for _ in range(due - started):
+                if len(self._tasks) >= self.in_flight:
+                    self.behind += 1
+                    continue
                 task = asyncio.create_task(self._one())
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
             started = max(started, due)
             await asyncio.sleep(TICK)
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=30)
+            await asyncio.wait(set(self._tasks), timeout=self.timeout + 5)
         return time.monotonic() - began
+
+    async def _connect(self, client: StreamClient) -> None:
+        loop = asyncio.get_running_loop()
+        source = self.sources[self._started % len(self.sources)]
+        self._started += 1
+        if source is None:
+            await loop.create_connection(lambda: client, self.host, self.port)
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (self.host, self.port))
+            await loop.create_connection(lambda: client, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
 
     async def _one(self) -> None:
         loop = asyncio.get_running_loop()
         client = StreamClient(self.request, loop.create_future())
         self._live.add(client)
         try:
-            async with asyncio.timeout(10):
-                await loop.create_connection(lambda: client, self.host, self.port)
+            async with asyncio.timeout(self.timeout):
+                await self._connect(client)
                 await client.ready
             self.opened += 1
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            self.failed += 1
-            if len(self.errors) < 3:
-                self.errors.append(repr(exc))
+        except TimeoutError:
+            stage = "its first bytes" if client.transport is not None else "the connection"
+            self._fail(f"timeout waiting {self.timeout:g} s for {stage}", None)
+        except OSError as exc:  # ConnectionError included: what the server sent is in it
+            kind = errno.errorcode.get(exc.errno, "") if exc.errno else str(exc)[:60]
+            self._fail(kind or type(exc).__name__, exc)
         finally:
             self._live.discard(client)
-            if client.transport is not None:
-                client.transport.close()  # a FIN, as a browser leaving the page
+            client.leave()
+
+    def _fail(self, kind: str, exc: BaseException | None) -> None:
+        self.failed += 1
+        self.errors[kind] += 1
+        if kind not in self.first_errors:
+            self.first_errors[kind] = describe(exc) if exc is not None else kind
+
+    def summary(self) -> str:
+        """How many failed, by kind, and the first of each: one line."""
+        kinds = ", ".join(
+            f"{count} {kind}: {self.first_errors[kind]}"
+            for kind, count in self.errors.most_common()
+        )
+        return f"{self.failed} of {self.failed + self.opened} churned streams failed ({kinds})"
 
     def abort_all(self) -> None:
         for task in list(self._tasks):
@@ -98,7 +190,13 @@ async def churn(host: str, port: int, spec: dict[str, Any]) -> dict[str, Any]:
     lead = session.lead_for(stats, spec.get("lead", 0))
     await session.warm_up()
     streams, failed, _ = await session.open_streams(count, "steady")
-    churner = Churner(session.host, session.port, churn_rate)
+    churner = Churner(
+        session.host,
+        session.port,
+        churn_rate,
+        in_flight=spec.get("in_flight", 1000),
+        sources=spec.get("sources", 8),
+    )
     windows: dict[str, dict[str, Any]] = {}
     try:
         await session.run_job(
@@ -106,6 +204,7 @@ async def churn(host: str, port: int, spec: dict[str, Any]) -> dict[str, Any]:
         )
         await asyncio.sleep(1.0)  # let the server settle before the baseline
         base_rss, base_fds = rss_bytes(pid), open_fds(pid)
+        base_figures = (await session.stats())["sse"]
         for name, seconds in (("quiet", quiet), ("churn", duration)):
             latencies: array[float] = array("d")
             for stream in streams:
@@ -138,7 +237,8 @@ async def churn(host: str, port: int, spec: dict[str, Any]) -> dict[str, Any]:
         settled_s = settle - max(0.0, deadline - time.monotonic())
         await asyncio.sleep(1.0)
         after_rss, after_fds = rss_bytes(pid), open_fds(pid)
-        connections = int((await session.stats())["sse"]["connections"])
+        figures = (await session.stats())["sse"]
+        connections = int(figures["connections"])
     finally:
         churner.abort_all()
         close_all(streams)
@@ -146,8 +246,19 @@ async def churn(host: str, port: int, spec: dict[str, Any]) -> dict[str, Any]:
     steady_ok = all(
         w["lost"] == 0 and w["disorder"] == 0 and w["complete"] for w in windows.values()
     )
-    if churner.errors:
-        session.warnings.append(f"churned streams that failed, the first: {churner.errors}")
+    if churner.failed:
+        session.warnings.append(churner.summary())
+    asked = int(churn_rate * churn_w["seconds"])
+    churned_s = max(churn_w["churn_s"], 1e-9)
+    if churner.behind:
+        session.warnings.append(
+            f"the churn fell behind: {churner.opened:,} of {asked:,} streams opened"
+            f" ({churner.opened / churned_s:,.0f}/s of {churn_rate:,.0f}/s), {churner.behind:,}"
+            f" not started while {churner.in_flight:,} were waiting for the server"
+        )
+    # The server's CPU beyond what the steady streams cost it in the quiet window.
+    quiet_cpu = quiet_w["meter"]["server_cpu_s"] / quiet_w["meter"]["wall_s"]
+    churn_cpu = churn_w["meter"]["server_cpu_s"] - quiet_cpu * churn_w["meter"]["wall_s"]
     return {
         "metrics": {
             "streams": len(streams),
@@ -155,7 +266,15 @@ async def churn(host: str, port: int, spec: dict[str, Any]) -> dict[str, Any]:
             "churn_rate": churn_rate,
             "churn_opened": churner.opened,
             "churn_failed": churner.failed,
-            "churn_per_s": churner.opened / max(churn_w["churn_s"], 1e-9),
+            "churn_per_s": churner.opened / churned_s,
+            "churn_asked": asked,
+            "churn_behind": churner.behind,
+            "churn_peak_in_flight": churner.peak_in_flight,
+            "churn_errors": dict(churner.errors),
+            "churn_first_errors": churner.first_errors,
+            "server_cpu_ms_per_churned": 1000 * churn_cpu / max(churner.opened, 1),
+            "server_refused": _delta(figures, base_figures, "refused"),
+            "server_connects": _delta(figures, base_figures, "connects"),
             "quiet": quiet_w,
             "churn": churn_w,
             "p99_ratio": churn_w["p99_ms"] / quiet_w["p99_ms"] if quiet_w["p99_ms"] else None,
@@ -175,3 +294,16 @@ async def churn(host: str, port: int, spec: dict[str, Any]) -> dict[str, Any]:
         },
         "warnings": session.warnings,
     }
+
+
+def _delta(after: dict[str, Any], before: dict[str, Any], key: str) -> int | None:
+    """How much the server's counter ``key`` grew (summed over its reasons, if it has them)."""
+
+    def total(figures: dict[str, Any]) -> int | None:
+        value = figures.get(key)
+        if isinstance(value, dict):
+            return sum(int(v) for v in value.values())
+        return int(value) if value is not None else None
+
+    now, then = total(after), total(before)
+    return now - then if now is not None and then is not None else None

@@ -45,6 +45,7 @@ class StreamClient(asyncio.Protocol):
         "last_rx",
         "last_seq",
         "latencies",
+        "left",
         "max_gap",
         "ready",
         "request",
@@ -69,6 +70,8 @@ class StreamClient(asyncio.Protocol):
         self.last_rx = time.time()
         self.max_gap = 0.0
         self.closed = False
+        #: the generator closed it (not the server)
+        self.left = False
         #: where latency mode appends (receive time - publish time); ``None``: count only
         self.latencies: array[float] | None = None
 
@@ -83,14 +86,36 @@ class StreamClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if not self.ready.done():
-            self.ready.set_exception(
-                ConnectionError(f"stream closed before its first bytes: {exc}")
-            )
+        if self.ready.done():
+            return
+        if self.left:
+            # Nobody waits for a stream the generator gave up on: an exception
+            # set now would only be logged as never retrieved.
+            self.ready.cancel()
+            return
+        # Before its first block, everything the server sent is still in carry.
+        carry = self.carry
+        sent = f"after {len(carry)} bytes {carry[:200]!r}" if carry else "sending nothing"
+        how = f"reset ({exc!r})" if exc is not None else "closed (FIN)"
+        self.ready.set_exception(
+            ConnectionError(f"stream {how} by the server before its first bytes, {sent}")
+        )
 
     def close(self) -> None:
+        """Abort: a reset, as a peer that vanished."""
+        self.left = True
         if self.transport is not None:
             self.transport.abort()
+        if not self.ready.done():
+            self.ready.cancel()
+
+    def leave(self) -> None:
+        """Close with a FIN, as a browser leaving the page closes its ``EventSource``."""
+        self.left = True
+        if self.transport is not None:
+            self.transport.close()
+        if not self.ready.done():
+            self.ready.cancel()
 
     def data_received(self, data: bytes) -> None:
         now = time.time()

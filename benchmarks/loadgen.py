@@ -47,9 +47,38 @@ class BatchingSelector(selectors.EpollSelector):
         return ready
 
 
+class Unhandled:
+    """The loop's exception handler: errors nobody retrieved, counted, the first kept.
+
+    Thousands of them (a future failed that nobody awaited) must not drown the
+    error that matters in tracebacks; they end up as one warning in the result.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = ""
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.count += 1
+        if not self.first:
+            exc = context.get("exception")
+            self.first = f"{context.get('message', '')}: {exc!r}" if exc else str(context)
+
+    def warning(self) -> str:
+        return f"{self.count} errors nobody retrieved in the generator, the first: {self.first}"
+
+
+async def _scenario(
+    host: str, port: int, scenario: str, spec: dict[str, Any], unhandled: Unhandled
+) -> dict[str, Any]:
+    asyncio.get_running_loop().set_exception_handler(unhandled)
+    return await SCENARIOS[scenario](host, port, spec)
+
+
 def run(host: str, port: int, scenario: str, spec: dict[str, Any]) -> dict[str, Any]:
     raise_nofile()
     pause = float(spec.get("read_batch_ms", 0)) / 1000
+    unhandled = Unhandled()
     # Collections of thousands of live protocol objects would pause the loop
     # and show up as latency; the generator makes little cyclic garbage.
     gc.disable()
@@ -57,10 +86,16 @@ def run(host: str, port: int, scenario: str, spec: dict[str, Any]) -> dict[str, 
         if pause > 0:
             factory = lambda: asyncio.SelectorEventLoop(BatchingSelector(pause))  # noqa: E731
             with asyncio.Runner(loop_factory=factory) as runner:
-                return runner.run(SCENARIOS[scenario](host, port, spec))
-        return asyncio.run(SCENARIOS[scenario](host, port, spec))
+                result = runner.run(_scenario(host, port, scenario, spec, unhandled))
+        else:
+            result = asyncio.run(_scenario(host, port, scenario, spec, unhandled))
     finally:
         gc.enable()
+        if unhandled.count:
+            print(unhandled.warning(), file=sys.stderr)
+    if unhandled.count:
+        result.setdefault("warnings", []).append(unhandled.warning())
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -127,9 +127,10 @@ class Session:
         except TimeoutError:
             errors.append(f"timed out after {timeout} s")
         elapsed = time.monotonic() - began
-        good = [c for c in clients if c.ready.done() and not c.ready.exception()]
+        # A stream cut short by the timeout has its wait cancelled, not failed.
+        good = [c for c in clients if _opened(c)]
         for client in clients:
-            if not client.ready.done() or client.ready.exception():
+            if not _opened(client):
                 client.close()
         failed = n - len(good)
         if failed:
@@ -212,6 +213,12 @@ class Session:
             return requested
         queue_size = int(stats.get("queue_size") or 256)
         return max(1, min(512, queue_size // 2))
+
+
+def _opened(client: StreamClient) -> bool:
+    """Whether its first bytes arrived (an exception, if any, is retrieved)."""
+    ready = client.ready
+    return ready.done() and not ready.cancelled() and ready.exception() is None
 
 
 def close_all(streams: Sequence[StreamClient]) -> None:

@@ -128,6 +128,7 @@ def _churn_rows(result: dict[str, Any]) -> list[Row]:
         (f"{head} churn p50/p99 ms", "", f"{churned['p50_ms']:.1f}/{churned['p99_ms']:.1f}"),
         (f"{head} p99 churn/quiet", "low", m["p99_ratio"]),
         (f"{head} churned conn/s", "high", m["churn_per_s"]),
+        (f"{head} server CPU ms/churned", "low", m["server_cpu_ms_per_churned"]),
         (f"{head} lost", "low", quiet["lost"] + churned["lost"]),
         (f"{head} RSS before/after MB", "", "/".join(
             f"{m[key] / 2**20:.1f}" for key in ("rss_before", "rss_after")
