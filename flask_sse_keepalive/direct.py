@@ -31,6 +31,7 @@ import gevent
 from gevent.hub import Waiter
 from gevent.socket import wait as wait_on_watcher
 
+from .heartbeats import HeartbeatClock, clock_for
 from .stream import (
     FAREWELL_REASONS,
     HEARTBEAT,
@@ -78,7 +79,8 @@ class DirectConnection(Connection):
         "_broken",
         "_busy",
         "_chunked",
-        "_heartbeat",
+        "_clock",
+        "_heartbeat_slot",
         "_partial",
         "_raw",
         "_ready",
@@ -125,7 +127,8 @@ class DirectConnection(Connection):
         #: the fan-out may send now: live, nothing queued or half-sent, no
         #: write under way, not closing (see _update_ready)
         self._ready = False
-        self._heartbeat: Any = None
+        self._clock: HeartbeatClock | None = None
+        self._heartbeat_slot = 0
         self._writable: Any = None
         hub = gevent.get_hub()
         self._waiter: Any = Waiter(hub)
@@ -317,31 +320,30 @@ class DirectConnection(Connection):
         finally:
             if self._writable is not None:
                 self._writable.close()
-            self._heartbeat.close()
+            if self._clock is not None:
+                self._clock.cancel(self._beat, self._heartbeat_slot)
             if lifetime is not None:
                 lifetime.close()
         return reason
 
     def _arm_heartbeat(self, loop: Any, delay: float) -> None:
-        self._heartbeat = timer = loop.timer(delay)
-        timer.start(self._beat, loop)
+        self._clock = clock = clock_for(loop)
+        self._heartbeat_slot = clock.schedule(self._beat, delay)
 
-    def _beat(self, loop: Any) -> None:
-        """The heartbeat timer's callback (in the hub): write if the line is idle."""
-        self._heartbeat.close()
+    def _beat(self) -> None:
+        """Called by the heartbeat clock (in the hub): write if the line is idle."""
         if self._close_reason is not None:
             return
         interval = self.heartbeat_interval
         silent = _monotonic() - self._last_write
-        # A timer may fire a hair before the clock reaches its due time;
-        # without the slack that would cost a second wake-up.
+        # The clock is never early; the slack only absorbs clock rounding.
         if silent >= interval * 0.99:
             if self._ready:
                 self._stats.heartbeats += 1
                 self._write_now(HEARTBEAT)
             silent = 0.0
-        self._heartbeat = timer = loop.timer(interval - silent)
-        timer.start(self._beat, loop)
+        assert self._clock is not None
+        self._heartbeat_slot = self._clock.schedule(self._beat, interval - silent)
 
     def _flush(self) -> None:
         """Write the backlog (blocking this greenlet only) or end the stream."""

@@ -1,0 +1,105 @@
+"""When each stream's heartbeat is due: one clock per event loop for all of them.
+
+A timer per stream wakes the event loop once per heartbeat, each at its own
+moment: 19,000 streams at a 15 s interval are 1,300 turns of the loop a
+second, and a turn (waiting on the poller, running the loop's watchers) costs
+more than the heartbeat's write. Here heartbeats fall due on a grid of
+:data:`GRID` seconds, and one repeating timer serves each slot of the grid in
+one turn. A heartbeat is at most one slot later than its interval asks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from time import monotonic as _monotonic
+from typing import Any
+
+__all__ = ["GRID", "HeartbeatClock", "clock_for"]
+
+log = logging.getLogger("flask_sse_keepalive")
+
+#: The grid's step (s): how late a heartbeat may be, and how often the clock
+#: ticks while any heartbeat is due.
+GRID = 0.05
+
+Beat = Callable[[], None]
+
+
+class HeartbeatClock:
+    """The heartbeats due on one event loop, by slot of the grid.
+
+    :param loop: the gevent loop whose hub runs the beats.
+    """
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+        #: slot number -> the beats due in it (a dict: cancelling is O(1))
+        self._slots: dict[int, dict[Beat, None]] = {}
+        self._served = 0  # the last slot served
+        self._timer: Any = None
+
+    def schedule(self, beat: Beat, delay: float) -> int:
+        """Call ``beat`` (in the hub) once, ``delay`` seconds from now or up to
+        one slot later; return its slot, for :meth:`cancel`."""
+        now = _monotonic()
+        if self._timer is None:
+            self._served = math.floor(now / GRID)
+            self._timer = self._loop.timer(GRID, GRID)
+            self._timer.start(self._tick)
+        slot = max(math.ceil((now + delay) / GRID), self._served + 1)
+        beats = self._slots.get(slot)
+        if beats is None:
+            beats = self._slots[slot] = {}
+        beats[beat] = None
+        return slot
+
+    def cancel(self, beat: Beat, slot: int) -> None:
+        """Forget ``beat``, scheduled in ``slot``."""
+        beats = self._slots.get(slot)
+        if beats is not None:
+            beats.pop(beat, None)
+            if not beats:
+                del self._slots[slot]
+
+    def _tick(self) -> None:
+        # Every slot up to now: a busy loop may have let ticks go by.
+        now = math.floor(_monotonic() / GRID)
+        slot = self._served
+        while slot < now:
+            slot += 1
+            beats = self._slots.pop(slot, None)
+            if beats is None:
+                continue
+            for beat in beats:
+                try:
+                    beat()
+                except Exception:
+                    # One stream's bug must not cost the others their heartbeats.
+                    log.exception("a heartbeat failed")
+        self._served = now
+        if not self._slots:
+            self._timer.close()
+            self._timer = None
+
+
+#: one clock per event loop (by the loop's id: gevent runs one loop per thread)
+_clocks: dict[int, HeartbeatClock] = {}
+
+
+def clock_for(loop: Any) -> HeartbeatClock:
+    """The heartbeat clock of ``loop``."""
+    clock = _clocks.get(id(loop))
+    if clock is None:
+        clock = _clocks[id(loop)] = HeartbeatClock(loop)
+    return clock
+
+
+def _forget_after_fork() -> None:
+    # The parent's streams, and its clocks' timers, are not the child's.
+    _clocks.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
