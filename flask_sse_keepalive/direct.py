@@ -31,7 +31,7 @@ import gevent
 from gevent.hub import Waiter
 from gevent.socket import wait as wait_on_watcher
 
-from .heartbeats import HeartbeatClock, clock_for
+from .heartbeats import GRID, HeartbeatClock, clock_for
 from .stream import (
     FAREWELL_REASONS,
     HEARTBEAT,
@@ -336,8 +336,8 @@ class DirectConnection(Connection):
             return
         interval = self.heartbeat_interval
         silent = _monotonic() - self._last_write
-        # The clock is never early; the slack only absorbs clock rounding.
-        if silent >= interval * 0.99:
+        # The clock may come up to half a slot early (see heartbeats.GRID).
+        if silent >= interval - GRID:
             if self._ready:
                 self._stats.heartbeats += 1
                 self._write_now(HEARTBEAT)

@@ -5,7 +5,8 @@ moment: 19,000 streams at a 15 s interval are 1,300 turns of the loop a
 second, and a turn (waiting on the poller, running the loop's watchers) costs
 more than the heartbeat's write. Here heartbeats fall due on a grid of
 :data:`GRID` seconds, and one repeating timer serves each slot of the grid in
-one turn. A heartbeat is at most one slot later than its interval asks.
+one turn. A beat lands in the slot nearest its due time: on average on time,
+at most half a slot early or late (plus the loop's own delay).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ __all__ = ["GRID", "HeartbeatClock", "clock_for"]
 
 log = logging.getLogger("flask_sse_keepalive")
 
-#: The grid's step (s): how late a heartbeat may be, and how often the clock
-#: ticks while any heartbeat is due.
+#: The grid's step (s): twice how far from its due time a heartbeat may be,
+#: and how often the clock ticks while any heartbeat is due.
 GRID = 0.05
 
 Beat = Callable[[], None]
@@ -42,14 +43,16 @@ class HeartbeatClock:
         self._timer: Any = None
 
     def schedule(self, beat: Beat, delay: float) -> int:
-        """Call ``beat`` (in the hub) once, ``delay`` seconds from now or up to
-        one slot later; return its slot, for :meth:`cancel`."""
+        """Call ``beat`` (in the hub) once, in the slot nearest ``delay``
+        seconds from now (never the slot being served); return the slot, for
+        :meth:`cancel`."""
         now = _monotonic()
         if self._timer is None:
+            # Ticks on the grid's lines, so that a slot is served as it begins.
             self._served = math.floor(now / GRID)
-            self._timer = self._loop.timer(GRID, GRID)
+            self._timer = self._loop.timer((self._served + 1) * GRID - now, GRID)
             self._timer.start(self._tick)
-        slot = max(math.ceil((now + delay) / GRID), self._served + 1)
+        slot = max(round((now + delay) / GRID), self._served + 1)
         beats = self._slots.get(slot)
         if beats is None:
             beats = self._slots[slot] = {}
@@ -65,8 +68,10 @@ class HeartbeatClock:
                 del self._slots[slot]
 
     def _tick(self) -> None:
-        # Every slot up to now: a busy loop may have let ticks go by.
-        now = math.floor(_monotonic() / GRID)
+        # Every slot up to now: a busy loop may have let ticks go by. (The
+        # loop's clock may be a hair behind this one: a tick a fifth of a
+        # slot early still serves its slot.)
+        now = math.floor(_monotonic() / GRID + 0.2)
         slot = self._served
         while slot < now:
             slot += 1

@@ -1,5 +1,6 @@
 """The heartbeat clock, in process on gevent's own loop: beats due close
-together are served in one turn, none early, none lost, a cancelled one never."""
+together are served in one turn, each within half a slot of its due time,
+none lost, a cancelled one never."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import gevent
 from flask_sse_keepalive.heartbeats import GRID, HeartbeatClock
 
 
-def test_beats_due_in_one_slot_are_served_together_and_never_early() -> None:
+def test_beats_due_close_together_are_served_together_and_on_time() -> None:
     clock = HeartbeatClock(gevent.get_hub().loop)
     start = time.monotonic()
     fired: list[tuple[int, float]] = []
@@ -21,8 +22,10 @@ def test_beats_due_in_one_slot_are_served_together_and_never_early() -> None:
     gevent.sleep(0.2 + 3 * GRID)
     assert sorted(n for n, _ in fired) == list(range(20))
     times = [t for _, t in fired]
-    assert min(times) - start >= 0.2, "a beat came early"
-    assert max(times) - start <= 0.2 + 0.04 + 2 * GRID, "a beat came more than a slot late"
+    for n, fired_at in fired:
+        due = start + 0.2 + n * 0.002
+        # Half a slot either way, and the loop's own delay on the late side.
+        assert due - GRID / 2 - 0.002 <= fired_at <= due + GRID / 2 + 0.02, (n, fired_at - due)
     # Served in at most two turns of the loop (the 40 ms may straddle a slot's edge).
     turns = sorted(times)
     gaps = [b - a for a, b in itertools.pairwise(turns) if b - a > 0.001]
