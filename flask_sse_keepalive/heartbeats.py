@@ -40,13 +40,16 @@ class HeartbeatClock:
         #: slot number -> the beats due in it (a dict: cancelling is O(1))
         self._slots: dict[int, dict[Beat, None]] = {}
         self._served = 0  # the last slot served
+        #: while a slot is served, its time on the grid: beats scheduled from
+        #: it count from there, so that a tick's own delay never adds up
+        self._slot_time: float | None = None
         self._timer: Any = None
 
     def schedule(self, beat: Beat, delay: float) -> int:
         """Call ``beat`` (in the hub) once, in the slot nearest ``delay``
         seconds from now (never the slot being served); return the slot, for
         :meth:`cancel`."""
-        now = _monotonic()
+        now = _monotonic() if self._slot_time is None else self._slot_time
         if self._timer is None:
             # Ticks on the grid's lines, so that a slot is served as it begins.
             self._served = math.floor(now / GRID)
@@ -73,18 +76,22 @@ class HeartbeatClock:
         # slot early still serves its slot.)
         now = math.floor(_monotonic() / GRID + 0.2)
         slot = self._served
-        while slot < now:
-            slot += 1
-            beats = self._slots.pop(slot, None)
-            if beats is None:
-                continue
-            for beat in beats:
-                try:
-                    beat()
-                except Exception:
-                    # One stream's bug must not cost the others their heartbeats.
-                    log.exception("a heartbeat failed")
-        self._served = now
+        try:
+            while slot < now:
+                slot += 1
+                self._served = slot  # what its beats schedule goes later
+                beats = self._slots.pop(slot, None)
+                if beats is None:
+                    continue
+                self._slot_time = slot * GRID
+                for beat in beats:
+                    try:
+                        beat()
+                    except Exception:
+                        # One stream's bug must not cost the others their heartbeats.
+                        log.exception("a heartbeat failed")
+        finally:
+            self._slot_time = None
         if not self._slots:
             self._timer.close()
             self._timer = None
