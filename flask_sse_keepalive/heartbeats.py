@@ -51,16 +51,23 @@ class HeartbeatClock:
         :meth:`cancel`."""
         now = _monotonic() if self._slot_time is None else self._slot_time
         if self._timer is None:
-            # Ticks on the grid's lines, so that a slot is served as it begins.
             self._served = math.floor(now / GRID)
-            self._timer = self._loop.timer((self._served + 1) * GRID - now, GRID)
-            self._timer.start(self._tick)
+            self._start_timer()
         slot = max(round((now + delay) / GRID), self._served + 1)
         beats = self._slots.get(slot)
         if beats is None:
             beats = self._slots[slot] = {}
         beats[beat] = None
         return slot
+
+    def _start_timer(self) -> None:
+        """Tick on the grid's lines, so that a slot is served as it begins."""
+        # The loop's clock, which its timers count from, is as old as the
+        # loop's last turn: bring it to now first.
+        self._loop.update_now()
+        now = _monotonic()
+        self._timer = self._loop.timer((math.floor(now / GRID) + 1) * GRID - now, GRID)
+        self._timer.start(self._tick)
 
     def cancel(self, beat: Beat, slot: int) -> None:
         """Forget ``beat``, scheduled in ``slot``."""
@@ -74,7 +81,8 @@ class HeartbeatClock:
         # Every slot up to now: a busy loop may have let ticks go by. (The
         # loop's clock may be a hair behind this one: a tick a fifth of a
         # slot early still serves its slot.)
-        now = math.floor(_monotonic() / GRID + 0.2)
+        clock = _monotonic() / GRID
+        now = math.floor(clock + 0.2)
         slot = self._served
         try:
             while slot < now:
@@ -95,6 +103,11 @@ class HeartbeatClock:
         if not self._slots:
             self._timer.close()
             self._timer = None
+        elif abs(clock - round(clock)) > 0.2:
+            # Off the grid's lines (a turn of the loop that took long when
+            # the timer was set): set it again, or every slot comes late.
+            self._timer.close()
+            self._start_timer()
 
 
 #: one clock per event loop (by the loop's id: gevent runs one loop per thread)
