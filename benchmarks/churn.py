@@ -185,10 +185,7 @@ async def churn(host: str, port: int, spec: dict[str, Any]) -> dict[str, Any]:
     settle: float = spec.get("settle_timeout", 15.0)
     size: int = spec.get("size", 64)
     session = Session(host, port, spec)
-    stats = await session.stats()
-    pid = int(stats["pid"])
-    lead = session.lead_for(stats, spec.get("lead", 0))
-    await session.warm_up()
+    pid, lead = await session.ready(spec.get("lead", 0))
     streams, failed, _ = await session.open_streams(count, "steady")
     churner = Churner(
         session.host,

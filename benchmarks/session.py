@@ -208,6 +208,14 @@ class Session:
             stream.close()
         await asyncio.sleep(0.3)
 
+    async def ready(self, requested_lead: int = 0) -> tuple[int, int]:
+        """Before a scenario that publishes: the worker's pid and the
+        publisher's lead (see :meth:`lead_for`), after the warm-up."""
+        stats = await self.stats()
+        lead = self.lead_for(stats, requested_lead)
+        await self.warm_up()
+        return int(stats["pid"]), lead
+
     def lead_for(self, stats: dict[str, Any], requested: int) -> int:
         if requested:
             return requested

@@ -5,7 +5,7 @@ Where the server exposes the client socket (gunicorn ``-k gevent`` and
 writes HTTP/1.1 chunks itself once the server has sent the head and the first
 chunk. The fan-out writes without blocking (:meth:`DirectConnection._send`);
 only a full socket queues a backlog, which the connection's own greenlet
-drains. That greenlet also arms the heartbeat timer, watches the socket for
+drains. That greenlet also schedules the heartbeat, watches the socket for
 the client's EOF and ends the response.
 
 * **owned** (gunicorn ``-k gevent``): the connection keeps a duplicate of the
@@ -127,10 +127,10 @@ class DirectConnection(Connection):
         #: the fan-out may send now: live, nothing queued or half-sent, no
         #: write under way, not closing (see _update_ready)
         self._ready = False
-        self._clock: HeartbeatClock | None = None
         self._heartbeat_slot = 0
         self._writable: Any = None
         hub = gevent.get_hub()
+        self._clock: HeartbeatClock = clock_for(hub.loop)
         self._waiter: Any = Waiter(hub)
         self._waker = Waker(self._waiter, hub.loop)
 
@@ -285,11 +285,11 @@ class DirectConnection(Connection):
     def _serve(self, producer: Producer | None) -> CloseReason:
         """Own the socket until the stream ends; return the reason.
 
-        This greenlet owns the connection: it arms the heartbeat timer,
+        This greenlet owns the connection: it schedules its heartbeat,
         drains the backlog when the fan-out found the socket full, notices the
         client's EOF (a read watcher, so a vanished client is released at
         once, not at the next heartbeat) and ends the stream. On a healthy
-        line it does not even wake for a heartbeat: the timer's callback
+        line it does not even wake for a heartbeat: the heartbeat clock
         writes it without blocking, the way the fan-out writes events, and
         wakes the greenlet only if the socket is full. A greenlet switch per
         heartbeat would cost more than the write itself.
@@ -299,7 +299,7 @@ class DirectConnection(Connection):
         if producer is not None:
             producer.start(self)
         self._watch_eof(loop)
-        self._arm_heartbeat(loop, self.heartbeat_interval)
+        self._heartbeat_slot = self._clock.schedule(self._beat, self.heartbeat_interval)
         lifetime = None
         if self._deadline is not None:
             lifetime = loop.timer(max(0.0, self._deadline - time.monotonic()))
@@ -320,15 +320,10 @@ class DirectConnection(Connection):
         finally:
             if self._writable is not None:
                 self._writable.close()
-            if self._clock is not None:
-                self._clock.cancel(self._beat, self._heartbeat_slot)
+            self._clock.cancel(self._beat, self._heartbeat_slot)
             if lifetime is not None:
                 lifetime.close()
         return reason
-
-    def _arm_heartbeat(self, loop: Any, delay: float) -> None:
-        self._clock = clock = clock_for(loop)
-        self._heartbeat_slot = clock.schedule(self._beat, delay)
 
     def _beat(self) -> None:
         """Called by the heartbeat clock (in the hub): write if the line is idle."""
@@ -342,7 +337,6 @@ class DirectConnection(Connection):
                 self._stats.heartbeats += 1
                 self._write_now(HEARTBEAT)
             silent = 0.0
-        assert self._clock is not None
         self._heartbeat_slot = self._clock.schedule(self._beat, interval - silent)
 
     def _flush(self) -> None:
