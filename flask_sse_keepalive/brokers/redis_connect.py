@@ -101,6 +101,21 @@ class Endpoint:
         return f"{parts.scheme}://{netloc}{parts.path}"
 
 
+def close_inherited(pool: Any) -> None:
+    """In a forked child, close this process's copies of ``pool``'s connections.
+
+    gevent carries greenlets over a fork: one that was waiting on a reply
+    would go on waiting in the child, and the child's copy of the socket could
+    take that reply away from the parent (which would then wait out its
+    socket timeout). Closed here, the waiter gets a connection error instead.
+    redis-py does not shut down a connection made by another process, so the
+    parent's stay up. A pool forgets its connections at its first use in the
+    child (it starts afresh after a fork), so they are closed before that.
+    """
+    for connection in list(getattr(pool, "_connections", ())):
+        connection.disconnect()
+
+
 def _query(query: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for name, values in parse_qs(query).items():

@@ -39,6 +39,7 @@ from typing import Any
 import redis
 
 from .base import BrokerUnavailable, Figures, Presence
+from .redis_connect import close_inherited
 from .redis_schema import (
     CONNECTION_ERRORS,
     LIVE_PROCESSES,
@@ -179,8 +180,11 @@ class RedisPresence(Presence):
         return count
 
     def forget(self) -> None:
-        """Stop the reporter without a goodbye: this is a forked child's copy."""
+        """In a forked child: stop the reporter without a goodbye (the report
+        is the parent's), and close the child's copies of the connections, on
+        one of which the reporter may be waiting for the parent's reply."""
         self._stopped.set()
+        close_inherited(self.client.connection_pool)
 
     def close(self) -> None:
         _running.discard(self)
@@ -201,8 +205,10 @@ class RedisPresence(Presence):
                 if not self._stopped.is_set():
                     self._failed(f"reporting every {self._interval:g} s", exc)
             except Exception:
-                # A bug, not an outage: say it once, and keep reporting.
-                if not self._figures_failed:
+                # A bug, not an outage: say it once, and keep reporting. Once
+                # stopped, what the last report met no longer matters (a
+                # forked child's copy, its connection closed under it).
+                if not self._figures_failed and not self._stopped.is_set():
                     log.exception("could not take this process's figures for the cluster view")
                 self._figures_failed = True
             else:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 import gevent
+import gevent.monkey
 import redis
 
 from flask_sse_keepalive.brokers.base import BrokerUnavailable, Message, format_id
@@ -406,13 +407,84 @@ def fork(url: str) -> dict:
     }
 
 
+def probe_fork(url: str) -> dict:
+    """A process that serves streams forks while its fan-out's probe waits on
+    Redis's reply: the child's copy of the control connection must not take
+    that reply away, or the parent waits out its socket timeout and drops its
+    subscription. Timed as :func:`report_fork` is: Redis holds writes for
+    0.8 s, and the parent blocks for 0.6 s after the fork."""
+    client = redis.Redis.from_url(url)
+    broker = RedisBroker(url, probe_interval=0.3)
+    said = _said()
+    sub = Recorder(["p"])
+    broker.attach(sub, None)
+    gevent.sleep(0.3)  # subscribed and positioned: live from here
+    first = broker.publish("p", Event(data="before"))
+    wait_until(lambda: first.seq in sub.seqs, 5, "delivery before the fork")
+    fanout = broker._serving()
+    assert fanout is not None
+    heard = fanout.last_message
+    wait_until(lambda: fanout.last_message != heard, 10, "a probe back")
+    gevent.sleep(0.35)  # quiet for longer than the probe interval
+    connects = fanout.reconnects
+    client.execute_command("CLIENT", "PAUSE", 800, "WRITE")
+    fanout.wake.set()  # the supervisor looks now, and probes
+    wait_until(lambda: fanout.probe_sent is not None, 2, "a probe sent into the pause")
+    gevent.sleep(0.05)  # its PUBLISH is written and waits on its reply
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            child_said = _said()
+            gevent.sleep(1.0)  # the pause ends: an inherited reader takes the reply
+            os.write(write, json.dumps([r.getMessage() for r in child_said]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    gevent.monkey.get_original("time", "sleep")(0.6)
+    _, status = os.waitpid(pid, 0)
+    child_said = json.loads(os.read(read, 65536) or b"[]")
+    # A new subscriber needs the supervisor: stuck on a reply that never
+    # comes, it would serve it only after its socket timeout and a new
+    # subscription.
+    started = time.monotonic()
+    late = Recorder(["q"])
+    broker.attach(late, None)
+    wait_until(lambda: bool(late.ready_at), 10, "a subscriber after the fork")
+    positioned_after = time.monotonic() - started
+    after = broker.publish("q", Event(data="after"))
+    wait_until(lambda: after.seq in late.seqs, 5, "delivery after the fork")
+    health = broker.health()
+    broker.close()
+    return {
+        "child_status": status,
+        "child_said": child_said,
+        "parent_said": [r.getMessage() for r in said],
+        "new_connections": health["reconnects"] - connects,
+        "positioned_after": positioned_after,
+        "probes_lost": health["probes_lost"],
+    }
+
+
 def report_fork(url: str) -> dict:
-    """A process that reports to the cluster view forks: the child must not
-    keep the parent's reporter (gevent carries greenlets over a fork), and
-    reports for itself once it serves; the parent goes on reporting."""
+    """A process that reports to the cluster view forks while a report is in
+    flight: the child must not keep the parent's reporter (gevent carries
+    greenlets over a fork) nor read the parent's reply from its copy of the
+    socket, and reports for itself once it serves; the parent goes on
+    reporting without a gap and without an error.
+
+    Redis holds writes for 0.8 s (``CLIENT PAUSE``) so that the parent's
+    report is waiting on its reply when the process forks, and the parent
+    then blocks its whole process for 0.6 s, so that the child's loop is the
+    first to see the reply arrive."""
     client = redis.Redis.from_url(url)
     broker = RedisBroker(url)
     reports = {"n": 0}
+    said = _said()
+    interval = 0.5  # a report lives 1.5 s: longer than the pause and the block together
 
     def parent_figures() -> dict:
         reports["n"] += 1
@@ -421,25 +493,37 @@ def report_fork(url: str) -> dict:
     def reported(process_id: str) -> dict:
         return json.loads(client.get(f"sse:process:{process_id}") or b"{}")
 
-    broker.presence().start(parent_figures, 0.05)
+    broker.presence().start(parent_figures, interval)
     wait_until(lambda: reported("parent").get("n", 0) >= 2, 5, "the parent's reports")
+    counted = reports["n"]
+    wait_until(lambda: reports["n"] > counted, 2, "a report")
+    # The next report comes in 0.5 s, into the pause.
+    client.execute_command("CLIENT", "PAUSE", 800, "WRITE")
+    wait_until(lambda: reports["n"] > counted + 1, 2, "a report sent into the pause")
+    gevent.sleep(0.05)  # the report's command is written and waits on its reply
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             os.close(read)
-            gevent.sleep(0.5)  # ten intervals: an inherited reporter would have written
+            child_said = _said()
+            gevent.sleep(1.0)  # the pause ends: an inherited reader takes the reply
             broker.presence().start(
-                lambda: {"id": "child", "pid": os.getpid(), "channels": {}}, 0.05
+                lambda: {"id": "child", "pid": os.getpid(), "channels": {}}, interval
             )
             wait_until(lambda: bool(reported("child")), 5, "the child's own report")
-            result = {"pid": os.getpid(), "own_report_pid": reported("child")["pid"]}
+            result = {
+                "pid": os.getpid(),
+                "own_report_pid": reported("child")["pid"],
+                "said": [r.getMessage() for r in child_said],
+            }
             os.write(write, json.dumps(result).encode())
             code = 0
         finally:
             os._exit(code)
     os.close(write)
+    gevent.monkey.get_original("time", "sleep")(0.6)
     seen = []
     deadline = time.monotonic() + 20
     while True:
@@ -447,21 +531,33 @@ def report_fork(url: str) -> dict:
         if done:
             break
         assert time.monotonic() < deadline, "the child did not end within 20 s"
-        seen.append(reported("parent")["pid"])
+        seen.append(reported("parent").get("pid"))
         gevent.sleep(0.01)
     child = json.loads(os.read(read, 65536) or b"{}")
-    before = reported("parent")["n"]
-    wait_until(lambda: reported("parent")["n"] >= before + 2, 5, "the parent's next reports")
+    before = reported("parent").get("n", 0)
+    wait_until(lambda: reported("parent").get("n", 0) >= before + 2, 5, "the next reports")
     after = reported("parent")["n"]
     broker.close()
     return {
         "child_status": status,
         "child": child,
         "parent_pid": os.getpid(),
-        "seen_during_child": sorted(set(seen)),
+        "seen_during_child": sorted(set(seen), key=str),
         "parent_reports_before": before,
         "parent_reports_after": after,
+        "parent_said": [r.getMessage() for r in said],
     }
+
+
+def _said() -> list[logging.LogRecord]:
+    """Every record the library logs at INFO and above from now on."""
+    said: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = said.append  # type: ignore[method-assign]
+    logger = logging.getLogger("flask_sse_keepalive")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return said
 
 
 def count_rush(url: str, callers: str) -> dict:
@@ -470,12 +566,7 @@ def count_rush(url: str, callers: str) -> dict:
     pool's wait (1 s) and the process's reporter writes meanwhile: they share
     one read, and nothing says Redis is unreachable."""
     admin = redis.Redis.from_url(url)
-    said: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = said.append  # type: ignore[method-assign]
-    logger = logging.getLogger("flask_sse_keepalive")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    said = _said()
     other, reader = RedisBroker(url), RedisBroker(url)
     other.presence().start(lambda: {"id": "other", "pid": 1, "channels": {"news": 2}}, 5.0)
     reader.presence().start(lambda: {"id": "reader", "pid": os.getpid(), "channels": {}}, 0.1)
@@ -517,6 +608,7 @@ SCENARIOS: dict[str, Callable[..., dict]] = {
     "rollback": rollback,
     "down": down,
     "fork": fork,
+    "probe_fork": probe_fork,
     "report_fork": report_fork,
     "count_rush": count_rush,
 }

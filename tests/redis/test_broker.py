@@ -148,6 +148,18 @@ def test_broker_created_before_a_fork_works_in_both(redis_url: str) -> None:
     assert result["parent"] == sorted(result["parent"])
 
 
+def test_a_fork_while_a_probe_waits_on_redis_leaves_the_parent_subscribed(
+    redis_url: str,
+) -> None:
+    result = run_scenario("probe_fork", redis_url)
+    assert result["child_status"] == 0
+    # The parent got its probe's reply: no timeout, no new subscription.
+    assert result["parent_said"] == [], result
+    assert result["new_connections"] == 0, result
+    assert result["probes_lost"] == 0, result
+    assert result["child_said"] == [], result
+
+
 def test_streams_wait_for_redis_then_replay_and_go_live(
     redis_server: Callable[..., Server],
 ) -> None:

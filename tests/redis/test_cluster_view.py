@@ -407,13 +407,20 @@ def test_reporting_rides_out_a_redis_outage_and_says_so_once(
 
 
 def test_a_forked_child_does_not_keep_the_parents_reporter(redis_url: str) -> None:
+    # The fork lands while the parent's report waits on its reply, and the
+    # child's loop is the first to see the reply (see the scenario).
     result = run_scenario("report_fork", redis_url)
     assert result["child_status"] == 0
     assert result["seen_during_child"], "the parent's report was read while the child ran"
-    # Only the parent ever wrote the parent's report.
-    assert set(result["seen_during_child"]) == {result["parent_pid"]}
+    # Only the parent ever wrote the parent's report, and it never expired:
+    # the child did not take the parent's reply away.
+    assert result["seen_during_child"] == [result["parent_pid"]], result
     assert result["child"]["own_report_pid"] == result["child"]["pid"] != result["parent_pid"]
     assert result["parent_reports_after"] > result["parent_reports_before"]
+    # Neither process met an error: not the parent waiting out a reply that
+    # never came, not the child's copy of the reporter.
+    assert result["parent_said"] == [], result
+    assert result["child"]["said"] == [], result
 
 
 def test_concurrent_counts_of_one_channel_share_one_read_and_do_not_cry_wolf(
