@@ -15,7 +15,8 @@ overlap), and a process that publishes has a pool of **at most 4
 publishing connections**, opened as concurrent publishes need them (the URL's
 ``?max_connections=`` changes that number). All are made lazily, in the
 process that uses them, and made anew after a fork (a broker created in a
-gunicorn master before it forks its workers).
+gunicorn master before it forks its workers); a forked child closes its
+copies of the parent's at once (see :func:`.redis_connect.close_inherited`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,7 +34,7 @@ from redis.exceptions import NoScriptError
 
 from ..event import Event
 from .base import Broker, BrokerUnavailable, Published, Subscriber, format_id
-from .redis_connect import SCHEMES, Endpoint, NotExecuted, endpoint_for
+from .redis_connect import SCHEMES, Endpoint, NotExecuted, close_inherited, endpoint_for
 from .redis_fanout import Fanout
 from .redis_presence import CONNECTIONS as PRESENCE_CONNECTIONS
 from .redis_presence import RedisPresence
@@ -81,6 +83,7 @@ class _Process:
         self._many_script, self._many_sha = (
             (SPUBLISH_MANY, SPUBLISH_MANY_SHA) if sharded else (PUBLISH_MANY, PUBLISH_MANY_SHA)
         )
+        _every_process.add(self)
 
     def _pool(self, size: int) -> Any:
         return self.broker.endpoint.pool(
@@ -193,6 +196,15 @@ class _Process:
         epoch, seq = reply
         return epoch.decode(), int(seq)
 
+    def pools(self) -> list[Any]:
+        """Every connection pool of this process's part of the broker."""
+        pools = [self.pool]
+        if self.fanout is not None:
+            pools.append(self.fanout.control.connection_pool)
+        if self._presence is not None:
+            pools.append(self._presence.client.connection_pool)
+        return pools
+
     def close(self) -> None:
         if self._presence is not None:
             self._presence.close()
@@ -200,6 +212,24 @@ class _Process:
             self.fanout.close()
             self.fanout.control.connection_pool.disconnect()
         self.pool.disconnect()
+
+
+#: every broker's part in this process (see _close_inherited_after_fork)
+_every_process: weakref.WeakSet[_Process] = weakref.WeakSet()
+
+
+def _close_inherited_after_fork() -> None:
+    """In a forked child, close the child's copies of the parent's connections:
+    a greenlet carried over the fork (a publisher, the fan-out's supervisor,
+    the reporter) may be waiting on a reply the parent waits on too. The
+    child makes its own connections when it needs them."""
+    for state in list(_every_process):
+        for pool in state.pools():
+            close_inherited(pool)
+    _every_process.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_after_fork)
 
 
 class RedisBroker(Broker):

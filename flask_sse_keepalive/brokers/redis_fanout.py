@@ -42,7 +42,7 @@ import redis
 from redis.exceptions import NoScriptError
 
 from .base import Message, ResetReason, Subscriber, format_id, parse_id
-from .redis_connect import Endpoint, close_inherited
+from .redis_connect import Endpoint
 from .redis_schema import (
     CONNECTION_ERRORS,
     RESUME,
@@ -119,15 +119,15 @@ def _forget_after_fork() -> None:
     on in the child and read the parent's pub/sub socket, taking events away
     from it. Closing the child's copy of the socket stops it; redis-py does not
     shut the connection down from another process, so the parent's stays up.
-    The same holds for a reply the supervisor waits on (replay, a probe). The
-    child makes its own connections when it needs them.
+    The broker closes the control connection's copy (see
+    :func:`.redis_connect.close_inherited`). The child makes its own
+    connections when it needs them.
     """
     for fanout in list(_running):
         fanout.stopped.set()
         connection, fanout.pubsub = fanout.pubsub, None
         if connection is not None:
             connection.disconnect()
-        close_inherited(fanout.control.connection_pool)
     _running.clear()
 
 

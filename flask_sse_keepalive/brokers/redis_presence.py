@@ -39,7 +39,6 @@ from typing import Any
 import redis
 
 from .base import BrokerUnavailable, Figures, Presence
-from .redis_connect import close_inherited
 from .redis_schema import (
     CONNECTION_ERRORS,
     LIVE_PROCESSES,
@@ -181,10 +180,9 @@ class RedisPresence(Presence):
 
     def forget(self) -> None:
         """In a forked child: stop the reporter without a goodbye (the report
-        is the parent's), and close the child's copies of the connections, on
-        one of which the reporter may be waiting for the parent's reply."""
+        is the parent's). The broker closes the child's copies of the
+        connections, on one of which the reporter may be waiting."""
         self._stopped.set()
-        close_inherited(self.client.connection_pool)
 
     def close(self) -> None:
         _running.discard(self)

@@ -407,12 +407,13 @@ def fork(url: str) -> dict:
     }
 
 
-def probe_fork(url: str) -> dict:
-    """A process that serves streams forks while its fan-out's probe waits on
-    Redis's reply: the child's copy of the control connection must not take
-    that reply away, or the parent waits out its socket timeout and drops its
-    subscription. Timed as :func:`report_fork` is: Redis holds writes for
-    0.8 s, and the parent blocks for 0.6 s after the fork."""
+def fork_in_flight(url: str) -> dict:
+    """A process that serves streams and publishes forks while its fan-out's
+    probe and a publish wait on Redis's replies: the child's copies of the
+    connections must not take those replies away, or the parent waits out its
+    socket timeout, drops its subscription and fails the publish. Timed as
+    :func:`report_fork` is: Redis holds writes for 0.8 s, and the parent
+    blocks for 0.6 s after the fork."""
     client = redis.Redis.from_url(url)
     broker = RedisBroker(url, probe_interval=0.3)
     said = _said()
@@ -429,6 +430,7 @@ def probe_fork(url: str) -> dict:
     connects = fanout.reconnects
     client.execute_command("CLIENT", "PAUSE", 800, "WRITE")
     fanout.wake.set()  # the supervisor looks now, and probes
+    in_flight = gevent.spawn(broker.publish, "p", Event(data="in flight"))
     wait_until(lambda: fanout.probe_sent is not None, 2, "a probe sent into the pause")
     gevent.sleep(0.05)  # its PUBLISH is written and waits on its reply
     read, write = os.pipe()
@@ -455,6 +457,10 @@ def probe_fork(url: str) -> dict:
     broker.attach(late, None)
     wait_until(lambda: bool(late.ready_at), 10, "a subscriber after the fork")
     positioned_after = time.monotonic() - started
+    in_flight.join(10)
+    published = in_flight.value.seq if in_flight.successful() else repr(in_flight.exception)
+    if in_flight.successful():
+        wait_until(lambda: published in sub.seqs, 5, "the publish in flight at the fork")
     after = broker.publish("q", Event(data="after"))
     wait_until(lambda: after.seq in late.seqs, 5, "delivery after the fork")
     health = broker.health()
@@ -465,6 +471,7 @@ def probe_fork(url: str) -> dict:
         "parent_said": [r.getMessage() for r in said],
         "new_connections": health["reconnects"] - connects,
         "positioned_after": positioned_after,
+        "published_in_flight": published,
         "probes_lost": health["probes_lost"],
     }
 
@@ -608,7 +615,7 @@ SCENARIOS: dict[str, Callable[..., dict]] = {
     "rollback": rollback,
     "down": down,
     "fork": fork,
-    "probe_fork": probe_fork,
+    "fork_in_flight": fork_in_flight,
     "report_fork": report_fork,
     "count_rush": count_rush,
 }

@@ -148,12 +148,12 @@ def test_broker_created_before_a_fork_works_in_both(redis_url: str) -> None:
     assert result["parent"] == sorted(result["parent"])
 
 
-def test_a_fork_while_a_probe_waits_on_redis_leaves_the_parent_subscribed(
-    redis_url: str,
-) -> None:
-    result = run_scenario("probe_fork", redis_url)
+def test_a_fork_while_replies_are_awaited_leaves_them_to_the_parent(redis_url: str) -> None:
+    result = run_scenario("fork_in_flight", redis_url)
     assert result["child_status"] == 0
-    # The parent got its probe's reply: no timeout, no new subscription.
+    # The parent got its replies: the publish in flight stored and delivered,
+    # the probe answered (no timeout, no new subscription).
+    assert isinstance(result["published_in_flight"], int), result
     assert result["parent_said"] == [], result
     assert result["new_connections"] == 0, result
     assert result["probes_lost"] == 0, result
