@@ -407,6 +407,39 @@ def fork(url: str) -> dict:
     }
 
 
+def stale(url: str, check: str = "peek") -> dict:
+    """The pool hands out a publishing connection that Redis has closed (as
+    its idle ``timeout`` does), then one with a reply left unread on it: each
+    publish must go out on a new connection, neither failing nor reading the
+    old reply. ``check="none"`` is the control: the pool does not look."""
+    broker = RedisBroker(url)
+    admin = redis.Redis.from_url(url)
+    pool = broker._state().pool
+    if check == "none":
+        pool.ensure_connection = lambda connection: connection.connect()
+    first = broker.publish("s", Event(data="first"))
+    admin.client_kill_filter(_type="normal", skipme=True)
+    time.sleep(0.2)  # the end of the stream has reached the client
+
+    def publish(data: str) -> str:
+        try:
+            return broker.publish("s", Event(data=data)).id
+        except Exception as exc:
+            return repr(exc)
+
+    after_close = publish("second")
+    connection = pool.get_connection()
+    connection.send_command("ECHO", "left over")
+    pool.release(connection)
+    time.sleep(0.2)  # the reply has arrived
+    after_leftover = publish("third")
+    broker.close()
+    return {
+        "ids": [first.id, after_close, after_leftover],
+        "stored": admin.xlen("sse:stream:s"),
+    }
+
+
 def fork_in_flight(url: str) -> dict:
     """A process that serves streams and publishes forks while its fan-out's
     probe and a publish wait on Redis's replies: the child's copies of the
@@ -616,6 +649,7 @@ SCENARIOS: dict[str, Callable[..., dict]] = {
     "down": down,
     "fork": fork,
     "fork_in_flight": fork_in_flight,
+    "stale": stale,
     "report_fork": report_fork,
     "count_rush": count_rush,
 }

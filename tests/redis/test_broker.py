@@ -148,6 +148,31 @@ def test_broker_created_before_a_fork_works_in_both(redis_url: str) -> None:
     assert result["parent"] == sorted(result["parent"])
 
 
+@pytest.mark.parametrize("loop", ["threads", "gevent"])
+def test_a_connection_closed_or_left_with_a_reply_is_not_handed_out(
+    redis_url: str, loop: str
+) -> None:
+    def run(check: str) -> dict:
+        if loop == "gevent":
+            return run_scenario("stale", redis_url, check)
+        from .scenarios import stale
+
+        return stale(redis_url, check)
+
+    result = run("peek")
+    ids = [parse_id(i) for i in result["ids"]]
+    assert all(ids), result
+    epoch = ids[0][0]  # type: ignore[index]
+    assert ids == [(epoch, ids[0][1] + n) for n in range(3)], result  # type: ignore[index]
+    assert result["stored"] == 3
+    # The control: a pool that does not look fails the first publish (the
+    # server had closed its connection: "may or may not be stored") and
+    # reads the left-over reply as the second one's.
+    control = run("none")
+    assert "BrokerUnavailable" in control["ids"][1], control
+    assert parse_id(control["ids"][2]) is None, control
+
+
 def test_a_fork_while_replies_are_awaited_leaves_them_to_the_parent(redis_url: str) -> None:
     result = run_scenario("fork_in_flight", redis_url)
     assert result["child_status"] == 0
