@@ -18,6 +18,7 @@ the client's EOF and ends the response.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import errno
 import os
@@ -257,8 +258,10 @@ class DirectConnection(Connection):
         """
         # A plain socket on a duplicate descriptor (its options, TCP_USER_TIMEOUT
         # too, go with it): written without blocking, waited on by watchers of
-        # our own, so no gevent socket is needed, nor its cost at close.
-        own = socket.socket(fileno=os.dup(self._raw.fileno()))
+        # our own, so no gevent socket is needed, nor its cost at close. The
+        # OS socket itself: under gevent's patching ``socket.socket`` is
+        # gevent's, whose Python-level send() sat on every delivery.
+        own = _socket.socket(fileno=os.dup(self._raw.fileno()))
         own.setblocking(False)
         self._raw = self._cut = own
 
