@@ -142,4 +142,9 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             f"{ratio:.2f}x",
             ratio <= 0.5,
         )
+        rates = published["metrics"]["rates"]
+        if "redis_cpu_us_per_event" in rates["single"]:  # the Redis path (--broker redis)
+            single, many = rates["single"]["events_per_s"], rates["many"]["events_per_s"]
+            target("Redis: single publishes >= 5,000/s", f"{single:,.0f}/s", single >= 5000)
+            target("Redis: publish_many >= 50,000 events/s", f"{many:,.0f}/s", many >= 50000)
     return out
