@@ -4,6 +4,7 @@ under gunicorn, a publishing process, and broker scenarios in a gevent process."
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from tests.conftest import ROOT, Server, redis_server_path, server_environ
 from tests.wire import RawStream
 
 from .ha import SentinelSetup
+from .tls import Certificates, make_certificates
 
 APP = "tests.apps.redis_app:app"
 
@@ -132,6 +134,14 @@ def publish_stream_resume(server: Server) -> None:
         ("message", "three", missed[1]),
         ("message", "four", live),
     ]
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A throwaway CA and a certificate for 127.0.0.1 signed by it."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is not on PATH")
+    return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ import redis
 
 from tests.conftest import Server, free_port, wait_for_port
 
+from .tls import Certificates, redis_tls_args
+
 
 def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
@@ -208,7 +210,8 @@ class SentinelSetup:
     """A primary, a replica (replicating through an optional :class:`Relay`)
     and three Sentinels monitoring them as ``service``; ``password``: the
     Redis servers require it, ``sentinel_password``: the Sentinels require
-    it (of clients and of each other)."""
+    it (of clients and of each other); ``tls``: every one of them speaks TLS
+    only, to clients and to each other, with these certificates."""
 
     service = "ssetest"
 
@@ -220,11 +223,13 @@ class SentinelSetup:
         relay: bool = False,
         password: str | None = None,
         sentinel_password: str | None = None,
+        tls: Certificates | None = None,
     ) -> None:
         self.path = path
         self.root = root
         self.password = password
         self.sentinel_password = sentinel_password
+        self.tls = tls
         self.servers: list[Server] = []
         self.relay: Relay | None = None
         try:
@@ -251,8 +256,13 @@ class SentinelSetup:
         port = free_port()
         directory = self.root / f"{name}-{port}"
         directory.mkdir(parents=True)
+        command = redis_command(self.path, port, directory, *extra)
+        if self.tls is not None:
+            command[command.index("--port") + 1] = "0"
+            command += ["--tls-port", str(port), "--tls-replication", "yes"]
+            command += redis_tls_args(self.tls)
         proc = subprocess.Popen(
-            redis_command(self.path, port, directory, *extra),
+            command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -266,8 +276,16 @@ class SentinelSetup:
         directory = self.root / f"sentinel-{port}"
         directory.mkdir(parents=True)
         config = directory / "sentinel.conf"
+        listen = f"port {port}\n"
+        if self.tls is not None:
+            # TLS only, to clients, to the Redis servers and to the other Sentinels.
+            options = redis_tls_args(self.tls)
+            pairs = zip(options[::2], options[1::2], strict=True)
+            listen = f"port 0\ntls-port {port}\ntls-replication yes\n" + "".join(
+                f"{name[2:]} {value}\n" for name, value in pairs
+            )
         config.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+            listen + f"bind 127.0.0.1\ndir {directory}\n"
             f"logfile {directory / 'sentinel.log'}\n"
             f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 2\n"
             f"sentinel down-after-milliseconds {self.service} 1000\n"
@@ -310,14 +328,24 @@ class SentinelSetup:
     def url(self) -> str:
         """The broker URL, without passwords."""
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{self.service}/0"
+        scheme = "redis+sentinel" if self.tls is None else "rediss+sentinel"
+        return f"{scheme}://{hosts}/{self.service}/0"
+
+    def _tls_options(self) -> dict[str, Any]:
+        return {} if self.tls is None else {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
 
     def client(self, server: Server) -> redis.Redis:
-        return redis.Redis(port=server.port, socket_timeout=2, password=self.password)
+        return redis.Redis(
+            port=server.port, socket_timeout=2, password=self.password, **self._tls_options()
+        )
 
     def sentinel_client(self, sentinel: Server, **options: Any) -> redis.Redis:
         return redis.Redis(
-            port=sentinel.port, socket_timeout=1, password=self.sentinel_password, **options
+            port=sentinel.port,
+            socket_timeout=1,
+            password=self.sentinel_password,
+            **self._tls_options(),
+            **options,
         )
 
     def primary_port(self) -> int:

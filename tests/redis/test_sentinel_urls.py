@@ -17,6 +17,7 @@ from tests.conftest import Server
 
 from .conftest import APP, app_env, publish_stream_resume
 from .ha import SentinelSetup
+from .tls import Certificates
 
 REDIS_PASSWORD = "redis-secret"
 SENTINEL_PASSWORD = "sentinel-secret"
@@ -51,5 +52,32 @@ def test_password_and_sentinel_password(
                 broker.publish("a", Event(data="never stored"))
             # A few words per Sentinel, not three clients' descriptions.
             assert len(str(refused.value)) < 1000, refused.value
+        finally:
+            broker.close()
+
+
+def test_rediss_sentinel_with_the_ca_in_the_url(
+    sentinels: Callable[..., SentinelSetup],
+    certificates: Certificates,
+    gunicorn: Callable[..., Server],
+) -> None:
+    # Redis servers and Sentinels that speak TLS only: the Sentinels are
+    # asked over TLS, and so is the primary they name.
+    setup = sentinels(tls=certificates)
+    assert setup.url.startswith("rediss+sentinel://")
+    publish_stream_resume(gunicorn(APP, env=app_env(f"{setup.url}?ssl_ca_certs={certificates.ca}")))
+
+    # The controls: a CA that did not sign the certificates, and no TLS at
+    # all, are refused by the same servers.
+    plain = setup.url.replace("rediss+sentinel://", "redis+sentinel://", 1)
+    for url, refusal in [
+        (f"{setup.url}?ssl_ca_certs={certificates.other_ca}", "certificate verify failed"),
+        (plain, "Connection reset by peer"),
+    ]:
+        broker = RedisBroker(url)
+        try:
+            with pytest.raises(BrokerUnavailable, match=refusal) as refused:
+                broker.publish("a", Event(data="never stored"))
+            assert "Sentinel" in str(refused.value), refused.value
         finally:
             broker.close()

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from flask_sse_keepalive.event import Event
 from tests.conftest import free_port, redis_server_path, stop_process, wait_for_port
 
 from .conftest import app_env, publish_stream_resume
+from .tls import Certificates, redis_tls_args
 
 APP = "tests.apps.redis_app:app"
 
@@ -34,53 +34,6 @@ def _required(tool: str) -> str:
             pytest.fail(f"{tool} is not on PATH and SSE_REQUIRE_REDIS=1")
         pytest.skip(f"{tool} not found")
     return path
-
-
-@dataclass
-class Certificates:
-    ca: Path
-    cert: Path
-    key: Path
-    #: a CA that signed nothing the server holds
-    other_ca: Path
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
-
-
-def _make_ca(directory: Path, name: str) -> tuple[Path, Path]:
-    key, cert = directory / f"{name}.key", directory / f"{name}.crt"
-    _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-        "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-        "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign",
-    )  # fmt: skip
-    return key, cert
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
-    _required("openssl")
-    directory = tmp_path_factory.mktemp("tls")
-    ca_key, ca = _make_ca(directory, "test-ca")
-    _, other_ca = _make_ca(directory, "other-ca")
-    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.crt"
-    _openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1",
-    )  # fmt: skip
-    extensions = directory / "server.ext"
-    extensions.write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
-    )
-    _openssl(
-        "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-        "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(extensions),
-    )  # fmt: skip
-    return Certificates(ca=ca, cert=cert, key=key, other_ca=other_ca)
 
 
 @pytest.fixture
@@ -107,11 +60,7 @@ def redis_process(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
 def tls_redis(redis_process, certificates: Certificates) -> int:
     """A redis-server that speaks TLS only (no plain port); its TLS port."""
     port = free_port()
-    proc = redis_process(
-        "--port", "0", "--tls-port", str(port),
-        "--tls-cert-file", str(certificates.cert), "--tls-key-file", str(certificates.key),
-        "--tls-ca-cert-file", str(certificates.ca), "--tls-auth-clients", "no",
-    )  # fmt: skip
+    proc = redis_process("--port", "0", "--tls-port", str(port), *redis_tls_args(certificates))
     wait_for_port(port, 10, "redis-server (TLS)", proc)
     return port
 
