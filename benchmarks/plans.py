@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .servers import REAL, SEND, SENDALL, SERVERS
+from .servers import FLOOR, REAL, SEND, SENDALL, SERVERS
 
 __all__ = ["PLANS", "Run"]
 
@@ -48,7 +48,15 @@ def _full() -> dict[str, list[Run]]:
             Run("idle", "idle hb=15s", {"levels": levels, "window": 30.0}, (REAL,), 15.0, 10000),
             Run("idle", "idle hb=1s", {"levels": levels, "window": 30.0}, (REAL,), 1.0, 10000),
             # The ceilings at the largest size only, to keep the run under ten minutes.
-            Run("idle", "idle hb=15s", {"levels": [10000], "window": 30.0}, CEILINGS, 15.0, 10000),
+            # The floor: how fast one worker with Flask accepts streams at all.
+            Run(
+                "idle",
+                "idle hb=15s",
+                {"levels": [10000], "window": 30.0},
+                (*CEILINGS, FLOOR),
+                15.0,
+                10000,
+            ),
             Run("idle", "idle hb=1s", {"levels": [10000], "window": 30.0}, CEILINGS, 1.0, 10000),
         ],
         "fanout": [

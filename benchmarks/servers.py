@@ -2,9 +2,11 @@
 
 ``real`` is ``gunicorn -k gevent -w 1 benchmarks.app:app`` (``workers`` sets
 ``-w``); ``ceiling-send`` and ``ceiling-sendall`` are :mod:`benchmarks.ceiling`
-in its two write modes. Every process started here is stopped by pid: the
-gunicorn master, and then any worker of it still alive, whichever workers it
-had by then (a ``HUP`` reload replaces them).
+in its two write modes; ``flask-floor`` is :mod:`benchmarks.floor` under the
+real server's gunicorn command, the least a Flask stream route costs. Every
+process started here is stopped by pid: the gunicorn master, and then any
+worker of it still alive, whichever workers it had by then (a ``HUP`` reload
+replaces them).
 """
 
 from __future__ import annotations
@@ -23,14 +25,20 @@ from typing import Any
 
 from .procinfo import children, taskset_prefix
 
-__all__ = ["REAL", "SEND", "SENDALL", "SERVERS", "Server", "free_port", "start_server"]
+__all__ = [
+    "FLOOR", "REAL", "REFERENCES", "SEND", "SENDALL", "SERVERS", "Server", "free_port",
+    "start_server",
+]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the server under test and its two ceilings, in the report's column order
 REAL = "real"
 SEND = "ceiling-send"
 SENDALL = "ceiling-sendall"
-SERVERS = (REAL, SEND, SENDALL)
+FLOOR = "flask-floor"
+SERVERS = (REAL, SEND, SENDALL, FLOOR)
+#: the servers the real one is compared with, in the report's column order
+REFERENCES = (SEND, SENDALL, FLOOR)
 SERVER_CPU = 0
 LOADGEN_CPU = 1
 
@@ -128,7 +136,7 @@ def start_server(
     """
     port = free_port()
     python = [*taskset_prefix(SERVER_CPU), sys.executable]
-    if kind == REAL:
+    if kind in (REAL, FLOOR):
         cmd = [
             *python, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
             "-b", f"{host}:{port}",
@@ -138,11 +146,12 @@ def start_server(
             "--timeout", "120",
             "--graceful-timeout", "5",
             "--log-level", "warning",
-            "benchmarks.app:app",
+            "benchmarks.app:app" if kind == REAL else "benchmarks.floor:app",
         ]  # fmt: skip
         extra = {
             "SSE_HEARTBEAT_INTERVAL": repr(float(heartbeat)),
             "SSE_QUEUE_SIZE": str(queue_size),
+            "FLOOR_HEARTBEAT_INTERVAL": repr(float(heartbeat)),
         }
     elif kind.startswith("ceiling-"):
         if host != "127.0.0.1" or workers != 1:

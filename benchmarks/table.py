@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .servers import REAL, SEND, SENDALL
+from .servers import REAL, REFERENCES
 
 __all__ = ["meters", "rows"]
 
@@ -204,15 +204,15 @@ def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row[result["server"]] = max(m.get(key, math.nan) for m in readings)
     for row in table.values():
         real = row.get(REAL)
-        for ceiling in (SEND, SENDALL):
-            other = row.get(ceiling)
+        for reference in REFERENCES:
+            other = row.get(reference)
             if (
                 isinstance(real, (int, float))
                 and isinstance(other, (int, float))
                 and other
                 and row["better"]
             ):
-                row[f"real/{ceiling}"] = real / other
+                row[f"real/{reference}"] = real / other
     return list(table.values())
 
 

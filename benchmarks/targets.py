@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .servers import REAL, SEND
+from .servers import FLOOR, REAL, SEND
 
 __all__ = ["targets"]
 
@@ -44,6 +44,14 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if idle15:
         kb = idle15["rss_per_stream_kb"]
         target("memory per idle stream at 10,000 <= 14 KB", f"{kb:.1f} KB", kb <= 14)
+        ramp = idle15["ramp_per_s"]
+        floor = step_at(_find(results, "idle", FLOOR, "idle hb=15s"), 10000)
+        beside = f" (a bare Flask stream route: {floor['ramp_per_s']:,.0f}/s)" if floor else ""
+        target(
+            "new streams accepted >= 5,000/s on one worker (ramp to 10,000)",
+            f"{ramp:,.0f}/s{beside}",
+            ramp >= 5000,
+        )
     idle1 = step_at(_find(results, "idle", REAL, "idle hb=1s"), 10000)
     if idle1:
         cpu, missed = idle1["server_cpu_pct"], idle1["late_streams"] + idle1["closed_streams"]
