@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .servers import FLOOR, REAL, SEND, SENDALL, SERVERS
+from .servers import COMPARED, FLOOR, REAL, SEND, SENDALL, SERVERS
 
 __all__ = ["PLANS", "Run"]
 
@@ -27,7 +27,7 @@ class Run:
     scenario: str
     label: str
     spec: dict[str, Any]
-    servers: tuple[str, ...] = SERVERS
+    servers: tuple[str, ...] = COMPARED
     heartbeat: float = 15.0
     connections: int = 1000
     timeout: float = 240.0

@@ -26,7 +26,7 @@ from typing import Any
 from .procinfo import children, taskset_prefix
 
 __all__ = [
-    "FLOOR", "REAL", "REFERENCES", "SEND", "SENDALL", "SERVERS", "Server", "free_port",
+    "COMPARED", "FLOOR", "REAL", "REFERENCES", "SEND", "SENDALL", "SERVERS", "Server", "free_port",
     "start_server",
 ]  # fmt: skip
 
@@ -37,6 +37,9 @@ SEND = "ceiling-send"
 SENDALL = "ceiling-sendall"
 FLOOR = "flask-floor"
 SERVERS = (REAL, SEND, SENDALL, FLOOR)
+#: the servers a scenario runs on unless its plan says otherwise (the floor
+#: serves streams and heartbeats only: the idle scenario)
+COMPARED = (REAL, SEND, SENDALL)
 #: the servers the real one is compared with, in the report's column order
 REFERENCES = (SEND, SENDALL, FLOOR)
 SERVER_CPU = 0
