@@ -210,9 +210,18 @@ def figures_from_report(body: bytes, channels: Mapping[bytes, bytes]) -> dict[st
 
 # -- the scripts ---------------------------------------------------------------
 
+#: Every script runs on the primary only. A replica answers reads, and a
+#: demoted primary that a connection still reaches after a failover is one:
+#: what it holds may be behind the primary, and a replay read from it could
+#: miss events. Each script refuses it as a replica refuses a write, before
+#: anything is read or written, so that the caller looks for the primary.
 _ENSURE_EPOCH = """
+local replication = redis.call('INFO', 'replication')
+if not string.find(replication, 'role:master', 1, true) then
+  return redis.error_reply('READONLY this node is a replica: ask the primary')
+end
 local epoch = redis.call('GET', KEYS[1])
-local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+local replid = string.match(replication, 'master_replid:(%w+)')
 if (not epoch) or redis.call('EXISTS', KEYS[2]) == 0 then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)

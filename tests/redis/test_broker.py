@@ -18,6 +18,7 @@ from flask_sse_keepalive import SSE
 from flask_sse_keepalive.brokers import BrokerUnavailable
 from flask_sse_keepalive.brokers.base import parse_id
 from flask_sse_keepalive.brokers.redis import RedisBroker
+from flask_sse_keepalive.brokers.redis_schema import RESUME
 from flask_sse_keepalive.event import Event
 from tests.conftest import ROOT, Server, free_port
 from tests.test_memory_broker import Collector
@@ -146,6 +147,43 @@ def test_broker_created_before_a_fork_works_in_both(redis_url: str) -> None:
     # The parent's pub/sub connection stays the parent's: nothing read away.
     assert set(result["during"]) <= set(result["parent"])
     assert result["parent"] == sorted(result["parent"])
+
+
+def test_a_replica_refuses_a_resume_that_would_read_behind_the_primary(
+    redis_server: Callable[..., Server],
+) -> None:
+    # A demoted primary still answers reads: a replay read from it could miss
+    # what the new primary took since. Every script refuses to run there.
+    primary, replica = redis_server(), redis_server()
+    broker = RedisBroker(f"redis://127.0.0.1:{primary.port}/0")
+    try:
+        for n in range(3):
+            broker.publish("a", Event(data=str(n)))
+        keys = [*broker.keys.positions(), broker.keys.stream("a")]
+    finally:
+        broker.close()
+    on_primary, on_replica = redis.Redis(port=primary.port), redis.Redis(port=replica.port)
+    on_replica.replicaof("127.0.0.1", primary.port)
+    deadline = time.monotonic() + 10
+    while on_replica.xlen("sse:stream:a") < 3:
+        assert time.monotonic() < deadline, "the replica did not sync within 10 s"
+        time.sleep(0.05)
+    epoch = on_primary.get("sse:epoch").decode()
+    # A new epoch if needed, no fence, the client at the epoch's start, no reset.
+    args = ["new-epoch", "", 0, epoch, 0, ""]
+
+    def resume(client: redis.Redis, script: str = RESUME) -> list:
+        return client.eval(script, len(keys), *keys, *args)  # type: ignore[no-any-return]
+
+    assert len(resume(on_primary)[3]) == 3
+    with pytest.raises(redis.ReadOnlyError, match="replica"):
+        resume(on_replica)
+    # The control: without the check, the replica's copy is read as if it
+    # were the primary's.
+    check = "if not string.find(replication, 'role:master', 1, true) then"
+    assert check in RESUME
+    unchecked = RESUME.replace(check, "if false then")
+    assert len(resume(on_replica, unchecked)[3]) == 3
 
 
 @pytest.mark.parametrize("loop", ["threads", "gevent"])
