@@ -466,22 +466,9 @@ def fork_in_flight(url: str) -> dict:
     in_flight = gevent.spawn(broker.publish, "p", Event(data="in flight"))
     wait_until(lambda: fanout.probe_sent is not None, 2, "a probe sent into the pause")
     gevent.sleep(0.05)  # its PUBLISH is written and waits on its reply
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read)
-            child_said = _said()
-            gevent.sleep(1.0)  # the pause ends: an inherited reader takes the reply
-            os.write(write, json.dumps([r.getMessage() for r in child_said]).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    gevent.monkey.get_original("time", "sleep")(0.6)
+    pid, read = fork_while_redis_holds_replies(dict)
     _, status = os.waitpid(pid, 0)
-    child_said = json.loads(os.read(read, 65536) or b"[]")
+    child_said = json.loads(os.read(read, 65536) or b"{}").get("said")
     # A new subscriber needs the supervisor: stuck on a reply that never
     # comes, it would serve it only after its socket timeout and a new
     # subscription.
@@ -541,29 +528,15 @@ def report_fork(url: str) -> dict:
     client.execute_command("CLIENT", "PAUSE", 800, "WRITE")
     wait_until(lambda: reports["n"] > counted + 1, 2, "a report sent into the pause")
     gevent.sleep(0.05)  # the report's command is written and waits on its reply
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read)
-            child_said = _said()
-            gevent.sleep(1.0)  # the pause ends: an inherited reader takes the reply
-            broker.presence().start(
-                lambda: {"id": "child", "pid": os.getpid(), "channels": {}}, interval
-            )
-            wait_until(lambda: bool(reported("child")), 5, "the child's own report")
-            result = {
-                "pid": os.getpid(),
-                "own_report_pid": reported("child")["pid"],
-                "said": [r.getMessage() for r in child_said],
-            }
-            os.write(write, json.dumps(result).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    gevent.monkey.get_original("time", "sleep")(0.6)
+
+    def in_child() -> dict:
+        broker.presence().start(
+            lambda: {"id": "child", "pid": os.getpid(), "channels": {}}, interval
+        )
+        wait_until(lambda: bool(reported("child")), 5, "the child's own report")
+        return {"pid": os.getpid(), "own_report_pid": reported("child")["pid"]}
+
+    pid, read = fork_while_redis_holds_replies(in_child)
     seen = []
     deadline = time.monotonic() + 20
     while True:
@@ -587,6 +560,33 @@ def report_fork(url: str) -> dict:
         "parent_reports_after": after,
         "parent_said": [r.getMessage() for r in said],
     }
+
+
+def fork_while_redis_holds_replies(child: Callable[[], dict]) -> tuple[int, int]:
+    """Fork while Redis holds replies the process waits on (``CLIENT PAUSE``).
+
+    The child waits 1 s (the pause ends: a reader it inherited would take a
+    reply), runs ``child``, and sends back what it returns, with what the
+    library logged in the child (``said``). The parent blocks its whole process for
+    0.6 s, so that the child's loop is the first to see the replies arrive.
+    Returns the child's pid and the pipe's end its result comes on.
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            said = _said()
+            gevent.sleep(1.0)
+            result = {**child(), "said": [r.getMessage() for r in said]}
+            os.write(write, json.dumps(result).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    gevent.monkey.get_original("time", "sleep")(0.6)
+    return pid, read
 
 
 def _said() -> list[logging.LogRecord]:
