@@ -103,17 +103,19 @@ class StreamClient(asyncio.Protocol):
 
     def close(self) -> None:
         """Abort: a reset, as a peer that vanished."""
-        self.left = True
-        if self.transport is not None:
-            self.transport.abort()
-        if not self.ready.done():
-            self.ready.cancel()
+        self._end(abort=True)
 
     def leave(self) -> None:
         """Close with a FIN, as a browser leaving the page closes its ``EventSource``."""
+        self._end(abort=False)
+
+    def _end(self, *, abort: bool) -> None:
         self.left = True
         if self.transport is not None:
-            self.transport.close()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
         if not self.ready.done():
             self.ready.cancel()
 
